@@ -1,0 +1,406 @@
+//! `Qwen3`: the causal LM of `Qwen3ForCausalLM` and `Qwen3MoeForCausalLM`.
+
+use burn::module::{Module, Param};
+use burn::tensor::module::linear;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::attention::{Attention, KvCache};
+use crate::config::Qwen3Config;
+use crate::error::{ModelError, Result};
+use crate::layout::SequenceLayout;
+use crate::loss::{causal_lm_loss, LossOutput};
+use crate::mlp::Mlp;
+use crate::moe::{load_balancing_loss, RouterStats, SparseMoe};
+use crate::norm::RmsNorm;
+use crate::rope::RopeTables;
+use crate::weights::{CheckpointReader, Init, NamedTensor, ParamSource};
+
+#[derive(Module, Debug)]
+pub enum FeedForward {
+    Dense(Mlp),
+    Sparse(SparseMoe),
+}
+
+#[derive(Module, Debug)]
+pub struct DecoderLayer {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: FeedForward,
+}
+
+impl DecoderLayer {
+    /// Pre-norm, two residuals.
+    ///
+    /// # Shapes
+    /// - x: `[B, S, hidden]` → `[B, S, hidden]`
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: &RopeTables,
+        mask: &Tensor<4, burn::tensor::Bool>,
+        cache: Option<&mut KvCache>,
+    ) -> (Tensor<3>, Option<RouterStats>) {
+        let x = x.clone().add(self.self_attn.forward(
+            self.input_layernorm.forward(x),
+            rope,
+            mask,
+            cache,
+        ));
+        let h = self.post_attention_layernorm.forward(x.clone());
+        match &self.mlp {
+            FeedForward::Dense(mlp) => (x.add(mlp.forward(h)), None),
+            FeedForward::Sparse(moe) => {
+                let (y, stats) = moe.forward(h);
+                (x.add(y), Some(stats))
+            }
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Qwen3 {
+    /// `[vocab, hidden]`; also the output projection when embeddings are tied.
+    pub embed_tokens: Param<Tensor<2>>,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+    /// `[vocab, hidden]`; `None` when `tie_word_embeddings`.
+    pub lm_head: Option<Param<Tensor<2>>>,
+    #[module(skip)]
+    pub config: Qwen3Config,
+}
+
+/// Logits and what the routers did.
+#[derive(Debug)]
+pub struct ForwardOutput {
+    /// `[B, S, vocab]`
+    pub logits: Tensor<3>,
+    /// One entry per MoE layer, in layer order.
+    pub router: Vec<RouterStats>,
+}
+
+impl Qwen3 {
+    /// Fresh weights: `N(0, initializer_range)` matrices and unit norms, seeded by `device.seed`.
+    pub fn random(config: Qwen3Config, device: &Device) -> Self {
+        let mut source = ParamSource::Random {
+            std: config.initializer_range,
+        };
+        Self::build(config, &mut source, device).expect("random init cannot fail")
+    }
+
+    /// Loads the Hugging Face checkpoint in `dir` (config.json + safetensors).
+    pub fn load(dir: impl AsRef<std::path::Path>, device: &Device) -> Result<Self> {
+        let dir = dir.as_ref();
+        let config = Qwen3Config::from_file(dir.join("config.json"))?;
+        Self::load_with_config(dir, config, device)
+    }
+
+    /// Loads the weights in `dir` into a model of `config` (e.g. with YaRN switched on).
+    pub fn load_with_config(
+        dir: &std::path::Path,
+        config: Qwen3Config,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut source = ParamSource::checkpoint(CheckpointReader::open(dir)?);
+        let model = Self::build(config, &mut source, device)?;
+        source.finish()?;
+        Ok(model)
+    }
+
+    /// Builds every parameter through `source`, in checkpoint order, by Hugging Face name.
+    pub fn build(config: Qwen3Config, source: &mut ParamSource, device: &Device) -> Result<Self> {
+        let c = &config;
+        let (hidden, d) = (c.hidden_size, c.head_dim);
+        let norm = |source: &mut ParamSource, name: &str, dim: usize| -> Result<RmsNorm> {
+            Ok(RmsNorm::new(
+                source.param(name, [dim], Init::Ones, device)?,
+                c.rms_norm_eps,
+            ))
+        };
+        let mlp = |source: &mut ParamSource, prefix: &str, inter: usize| -> Result<Mlp> {
+            Ok(Mlp {
+                gate_proj: source.param(
+                    &format!("{prefix}.gate_proj.weight"),
+                    [inter, hidden],
+                    Init::Normal,
+                    device,
+                )?,
+                up_proj: source.param(
+                    &format!("{prefix}.up_proj.weight"),
+                    [inter, hidden],
+                    Init::Normal,
+                    device,
+                )?,
+                down_proj: source.param(
+                    &format!("{prefix}.down_proj.weight"),
+                    [hidden, inter],
+                    Init::Normal,
+                    device,
+                )?,
+            })
+        };
+        let embed_tokens = source.param(
+            "model.embed_tokens.weight",
+            [c.vocab_size, hidden],
+            Init::Normal,
+            device,
+        )?;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let (h, kv) = (c.num_attention_heads, c.num_key_value_heads);
+            let self_attn = Attention {
+                q_proj: source.param(
+                    &format!("{p}.self_attn.q_proj.weight"),
+                    [h * d, hidden],
+                    Init::Normal,
+                    device,
+                )?,
+                k_proj: source.param(
+                    &format!("{p}.self_attn.k_proj.weight"),
+                    [kv * d, hidden],
+                    Init::Normal,
+                    device,
+                )?,
+                v_proj: source.param(
+                    &format!("{p}.self_attn.v_proj.weight"),
+                    [kv * d, hidden],
+                    Init::Normal,
+                    device,
+                )?,
+                o_proj: source.param(
+                    &format!("{p}.self_attn.o_proj.weight"),
+                    [hidden, h * d],
+                    Init::Normal,
+                    device,
+                )?,
+                q_norm: norm(source, &format!("{p}.self_attn.q_norm.weight"), d)?,
+                k_norm: norm(source, &format!("{p}.self_attn.k_norm.weight"), d)?,
+                num_heads: h,
+                num_kv_heads: kv,
+                head_dim: d,
+            };
+            let input_layernorm = norm(source, &format!("{p}.input_layernorm.weight"), hidden)?;
+            let post_attention_layernorm = norm(
+                source,
+                &format!("{p}.post_attention_layernorm.weight"),
+                hidden,
+            )?;
+            let ffn = match (&c.moe, c.is_moe_layer(i)) {
+                (Some(m), true) => FeedForward::Sparse(SparseMoe {
+                    gate: source.param(
+                        &format!("{p}.mlp.gate.weight"),
+                        [m.num_experts, hidden],
+                        Init::Normal,
+                        device,
+                    )?,
+                    experts: (0..m.num_experts)
+                        .map(|e| {
+                            mlp(
+                                source,
+                                &format!("{p}.mlp.experts.{e}"),
+                                m.moe_intermediate_size,
+                            )
+                        })
+                        .collect::<Result<_>>()?,
+                    top_k: m.num_experts_per_tok,
+                    norm_topk_prob: m.norm_topk_prob,
+                }),
+                _ => FeedForward::Dense(mlp(source, &format!("{p}.mlp"), c.intermediate_size)?),
+            };
+            layers.push(DecoderLayer {
+                input_layernorm,
+                self_attn,
+                post_attention_layernorm,
+                mlp: ffn,
+            });
+        }
+        let norm = norm(source, "model.norm.weight", hidden)?;
+        let lm_head = if c.tie_word_embeddings {
+            source.skip("lm_head.weight");
+            None
+        } else {
+            Some(source.param(
+                "lm_head.weight",
+                [c.vocab_size, hidden],
+                Init::Normal,
+                device,
+            )?)
+        };
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            config,
+        })
+    }
+
+    /// Every parameter under its Hugging Face name, in checkpoint order.
+    pub fn named_tensors(&self) -> Vec<NamedTensor> {
+        let mut out = vec![NamedTensor::Matrix(
+            "model.embed_tokens.weight".into(),
+            self.embed_tokens.val(),
+        )];
+        let m = |out: &mut Vec<NamedTensor>, name: String, p: &Param<Tensor<2>>| {
+            out.push(NamedTensor::Matrix(name, p.val()))
+        };
+        let v = |out: &mut Vec<NamedTensor>, name: String, n: &RmsNorm| {
+            out.push(NamedTensor::Vector(name, n.weight.val()))
+        };
+        let mlp = |out: &mut Vec<NamedTensor>, prefix: String, mlp: &Mlp| {
+            m(out, format!("{prefix}.gate_proj.weight"), &mlp.gate_proj);
+            m(out, format!("{prefix}.up_proj.weight"), &mlp.up_proj);
+            m(out, format!("{prefix}.down_proj.weight"), &mlp.down_proj);
+        };
+        for (i, layer) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            let a = &layer.self_attn;
+            m(&mut out, format!("{p}.self_attn.q_proj.weight"), &a.q_proj);
+            m(&mut out, format!("{p}.self_attn.k_proj.weight"), &a.k_proj);
+            m(&mut out, format!("{p}.self_attn.v_proj.weight"), &a.v_proj);
+            m(&mut out, format!("{p}.self_attn.o_proj.weight"), &a.o_proj);
+            v(&mut out, format!("{p}.self_attn.q_norm.weight"), &a.q_norm);
+            v(&mut out, format!("{p}.self_attn.k_norm.weight"), &a.k_norm);
+            v(
+                &mut out,
+                format!("{p}.input_layernorm.weight"),
+                &layer.input_layernorm,
+            );
+            v(
+                &mut out,
+                format!("{p}.post_attention_layernorm.weight"),
+                &layer.post_attention_layernorm,
+            );
+            match &layer.mlp {
+                FeedForward::Dense(d) => mlp(&mut out, format!("{p}.mlp"), d),
+                FeedForward::Sparse(s) => {
+                    m(&mut out, format!("{p}.mlp.gate.weight"), &s.gate);
+                    for (e, expert) in s.experts.iter().enumerate() {
+                        mlp(&mut out, format!("{p}.mlp.experts.{e}"), expert);
+                    }
+                }
+            }
+        }
+        v(&mut out, "model.norm.weight".into(), &self.norm);
+        if let Some(head) = &self.lm_head {
+            m(&mut out, "lm_head.weight".into(), head);
+        }
+        out
+    }
+
+    /// Token ids `[B][S]` as a device tensor, checked against the vocabulary.
+    pub fn token_tensor(&self, rows: &[Vec<i64>], device: &Device) -> Result<Tensor<2, Int>> {
+        let s = rows.first().map_or(0, Vec::len);
+        if s == 0 {
+            return Err(ModelError::Input("no tokens".into()));
+        }
+        for (r, row) in rows.iter().enumerate() {
+            if row.len() != s {
+                return Err(ModelError::Input(format!(
+                    "row {r} has {} tokens, row 0 has {s}",
+                    row.len()
+                )));
+            }
+            if let Some((c, id)) = row
+                .iter()
+                .enumerate()
+                .find(|(_, &id)| id < 0 || id as usize >= self.config.vocab_size)
+            {
+                return Err(ModelError::Input(format!(
+                    "token id {id} at row {r}, position {c} is outside the vocabulary (0..{})",
+                    self.config.vocab_size
+                )));
+            }
+        }
+        let flat: Vec<i64> = rows.iter().flatten().copied().collect();
+        Ok(Tensor::from_data(
+            TensorData::new(flat, [rows.len(), s]),
+            device,
+        ))
+    }
+
+    /// Full forward pass over a (possibly packed) batch.
+    ///
+    /// # Shapes
+    /// - input_ids: `[B, S]` → logits `[B, S, vocab]`
+    pub fn forward(&self, input_ids: Tensor<2, Int>, layout: &SequenceLayout) -> ForwardOutput {
+        let (logits, router) = self.run(input_ids, layout, None);
+        ForwardOutput { logits, router }
+    }
+
+    /// Forward over new tokens, reading and extending one [`KvCache`] per layer.
+    ///
+    /// # Shapes
+    /// - input_ids: `[B, S_new]` → logits `[B, S_new, vocab]`
+    pub fn forward_cached(
+        &self,
+        input_ids: Tensor<2, Int>,
+        layout: &SequenceLayout,
+        caches: &mut [KvCache],
+    ) -> Tensor<3> {
+        self.run(input_ids, layout, Some(caches)).0
+    }
+
+    fn run(
+        &self,
+        input_ids: Tensor<2, Int>,
+        layout: &SequenceLayout,
+        mut caches: Option<&mut [KvCache]>,
+    ) -> (Tensor<3>, Vec<RouterStats>) {
+        let [b, s] = input_ids.dims();
+        let hidden = self.config.hidden_size;
+        let past = caches
+            .as_ref()
+            .and_then(|c| c.first())
+            .map_or(0, KvCache::len);
+        let mut x = self
+            .embed_tokens
+            .val()
+            .select(0, input_ids.reshape([b * s]))
+            .reshape([b, s, hidden]);
+        let (inv_freq, attention_factor) = self
+            .config
+            .rope_scaling
+            .frequencies(self.config.head_dim, self.config.rope_theta);
+        let rope = RopeTables::new(&layout.positions, &inv_freq, attention_factor, x.dtype());
+        let mask = layout.attention_mask(past);
+        let mut router = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let cache = caches.as_deref_mut().map(|c| &mut c[i]);
+            let (y, stats) = layer.forward(x, &rope, &mask, cache);
+            x = y;
+            router.extend(stats);
+        }
+        let x = self.norm.forward(x);
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        (linear(x, head.val().transpose(), None), router)
+    }
+
+    /// Causal-LM loss of `labels` (unshifted, -100 ignored) plus, for MoE models, the
+    /// load-balancing loss scaled by `aux_coef` (transformers adds it only when the config
+    /// sets `output_router_logits`; the trainer passes its own coefficient).
+    pub fn loss(
+        &self,
+        output: &ForwardOutput,
+        labels: Tensor<2, Int>,
+        aux_coef: Option<f64>,
+    ) -> LossOutput {
+        let ce = causal_lm_loss(output.logits.clone(), labels);
+        let aux = load_balancing_loss(&output.router);
+        let total = match (&aux, aux_coef) {
+            (Some(aux), Some(coef)) => ce.mean().add(aux.clone().mul_scalar(coef)),
+            _ => ce.mean(),
+        };
+        LossOutput { ce, aux, total }
+    }
+
+    /// The coefficient transformers would apply to the aux loss with this config.
+    pub fn default_aux_coef(&self) -> Option<f64> {
+        self.config
+            .moe
+            .as_ref()
+            .filter(|m| m.output_router_logits)
+            .map(|m| m.router_aux_loss_coef)
+    }
+}

@@ -1,0 +1,4 @@
+//! One module per top-level command.
+
+pub mod generate;
+pub mod model;

@@ -1,0 +1,125 @@
+//! Parity with Hugging Face transformers: logits, CE loss, aux loss, total loss and
+//! gradients of named parameters on every recorded case (f32, flex).
+
+use agentcpt::commands::model::ForwardInputs;
+use agentcpt_model::burn::tensor::Tensor;
+use agentcpt_model::Qwen3;
+
+use crate::common::{assert_close, case_dir, device, expected, expected_json, CASES};
+
+fn values<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
+    t.to_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+}
+
+fn check_case(case: &str) {
+    let device = device().autodiff();
+    let dir = case_dir(case);
+    let model = Qwen3::load(&dir, &device).unwrap_or_else(|e| panic!("{case}: {e}"));
+    let inputs = ForwardInputs::read(&dir.join("inputs.json")).unwrap();
+    let ids = model.token_tensor(&inputs.input_ids, &device).unwrap();
+    let layout = inputs.layout(&device).unwrap();
+    let out = model.forward(ids, &layout);
+    let loss = model.loss(
+        &out,
+        inputs.labels(&device).unwrap(),
+        model.default_aux_coef(),
+    );
+    let want = expected(case);
+    let meta = expected_json(case);
+
+    let (shape, logits) = &want["logits"];
+    assert_eq!(&out.logits.dims().to_vec(), shape, "{case}: logits shape");
+    assert_close(&format!("{case} logits"), &values(&out.logits), logits);
+    assert_close(
+        &format!("{case} loss"),
+        &values(&loss.ce.mean()),
+        &want["loss"].1,
+    );
+    assert_close(
+        &format!("{case} total_loss"),
+        &values(&loss.total),
+        &want["total_loss"].1,
+    );
+    match (&loss.aux, want.get("aux_loss")) {
+        (Some(aux), Some((_, reference))) => {
+            assert_close(&format!("{case} aux_loss"), &values(aux), reference)
+        }
+        (None, None) => {}
+        (ours, theirs) => panic!(
+            "{case}: aux loss present here: {}, in fixture: {}",
+            ours.is_some(),
+            theirs.is_some()
+        ),
+    }
+
+    let grads = loss.total.backward();
+    let names: Vec<String> = serde_json::from_value(meta["grads"].clone()).unwrap();
+    assert!(!names.is_empty(), "{case}: fixture lists no gradients");
+    let params = model.named_tensors();
+    for name in names {
+        let param = params
+            .iter()
+            .find(|p| p.name() == name)
+            .unwrap_or_else(|| panic!("{case}: no parameter `{name}`"));
+        let grad = param
+            .grad(&grads)
+            .unwrap_or_else(|| panic!("{case}: `{name}` got no gradient"));
+        let (shape, reference) = &want[&format!("grad.{name}")];
+        assert_eq!(&grad.shape(), shape, "{case}: grad shape of {name}");
+        assert_close(
+            &format!("{case} grad {name}"),
+            &grad.to_f32_vec(),
+            reference,
+        );
+    }
+}
+
+#[test]
+fn every_case_matches_transformers() {
+    for case in CASES {
+        check_case(case);
+    }
+}
+
+/// The packed row's documents must not see each other: each document's logits equal
+/// those of the document run alone.
+#[test]
+fn packed_documents_do_not_attend_across_the_boundary() {
+    let device = device();
+    let dir = case_dir("moe_packed");
+    let model = Qwen3::load(&dir, &device).unwrap();
+    let inputs = ForwardInputs::read(&dir.join("inputs.json")).unwrap();
+    let row = &inputs.input_ids[0];
+    let positions = &inputs
+        .position_ids
+        .as_ref()
+        .expect("packed fixture has positions")[0];
+    let split = positions
+        .iter()
+        .skip(1)
+        .position(|&p| p == 0)
+        .expect("two documents")
+        + 1;
+    let packed = model
+        .forward(
+            model.token_tensor(&inputs.input_ids, &device).unwrap(),
+            &inputs.layout(&device).unwrap(),
+        )
+        .logits;
+    let vocab = packed.dims()[2];
+    for (start, end) in [(0, split), (split, row.len())] {
+        let alone = model
+            .forward(
+                model
+                    .token_tensor(&[row[start..end].to_vec()], &device)
+                    .unwrap(),
+                &agentcpt_model::SequenceLayout::contiguous(1, end - start, 0, &device),
+            )
+            .logits;
+        let part = packed
+            .clone()
+            .narrow(1, start, end - start)
+            .reshape([1, end - start, vocab]);
+        assert_close("packed document vs alone", &values(&part), &values(&alone));
+    }
+}

@@ -53,10 +53,9 @@ fn first_shard(dir: &Path) -> PathBuf {
     shards.remove(0)
 }
 
-/// Runs `model forward` on `dir` and returns the failed run.
-fn forward_fails(dir: &Path, inputs: &Path) -> Output {
-    let out = dir.join("out.safetensors");
-    let o = agentcpt(&[
+/// `agentcpt model forward` on the CPU.
+fn forward(dir: &Path, inputs: &Path, out: &Path) -> Output {
+    agentcpt(&[
         "model",
         "forward",
         "--model",
@@ -67,7 +66,13 @@ fn forward_fails(dir: &Path, inputs: &Path) -> Output {
         out.to_str().unwrap(),
         "--device",
         "cpu",
-    ]);
+    ])
+}
+
+/// Runs `model forward` on `dir` and returns the failed run.
+fn forward_fails(dir: &Path, inputs: &Path) -> Output {
+    let out = dir.join("out.safetensors");
+    let o = forward(dir, inputs, &out);
     assert_eq!(
         o.status.code(),
         Some(2),
@@ -113,18 +118,7 @@ fn forward_writes_logits_and_losses_matching_transformers() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out.safetensors");
     let dir = case_dir("moe_packed");
-    let o = agentcpt(&[
-        "model",
-        "forward",
-        "--model",
-        dir.to_str().unwrap(),
-        "--input-ids",
-        dir.join("inputs.json").to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ]);
+    let o = forward(&dir, &dir.join("inputs.json"), &out);
     assert!(o.status.success(), "{}", stderr(&o));
     let summary: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     let ours = read_safetensors(&out);
@@ -183,18 +177,7 @@ fn init_then_convert_round_trips() {
             "{}.safetensors",
             dir.file_name().unwrap().to_string_lossy()
         ));
-        let o = agentcpt(&[
-            "model",
-            "forward",
-            "--model",
-            dir.to_str().unwrap(),
-            "--input-ids",
-            inputs.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-            "--device",
-            "cpu",
-        ]);
+        let o = forward(dir, &inputs, &out);
         assert!(o.status.success(), "{}", stderr(&o));
         read_safetensors(&out)["logits"].1.clone()
     };
@@ -330,7 +313,16 @@ fn bad_inputs_are_clear_errors() {
 
     let ragged = tmp.path().join("ragged.json");
     std::fs::write(&ragged, "[[1, 2, 3], [1, 2]]").unwrap();
-    assert!(stderr(&forward_fails(&dir, &ragged)).contains("row 1 has 2 tokens"));
+    assert!(stderr(&forward_fails(&dir, &ragged)).contains("row 1 has 2 entries"));
+
+    let bad_label = tmp.path().join("bad_label.json");
+    std::fs::write(
+        &bad_label,
+        r#"{"input_ids": [[1, 2, 3]], "labels": [[-100, 2, 999]]}"#,
+    )
+    .unwrap();
+    let e = stderr(&forward_fails(&dir, &bad_label));
+    assert!(e.contains("label 999 at row 0, position 2"), "{e}");
 
     let not_json = tmp.path().join("bad.json");
     std::fs::write(&not_json, "{\"tokens\": 3}").unwrap();

@@ -21,7 +21,7 @@ fn check_case(case: &str) {
     let out = model.forward(ids, &layout);
     let loss = model.loss(
         &out,
-        inputs.labels(&device).unwrap(),
+        inputs.labels(&model, &device).unwrap(),
         model.default_aux_coef(),
     );
     let want = expected(case);
@@ -121,5 +121,52 @@ fn packed_documents_do_not_attend_across_the_boundary() {
             .narrow(1, start, end - start)
             .reshape([1, end - start, vocab]);
         assert_close("packed document vs alone", &values(&part), &values(&alone));
+    }
+}
+
+/// The same parity on wgpu (Mesa lavapipe in CI): the CubeCL kernels that run on GPUs.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_matches_transformers() {
+    use agentcpt_model::burn::tensor::{Device, DeviceKind};
+    let device = Device::wgpu(DeviceKind::DefaultDevice).autodiff();
+    // moe_yarn has a dense layer 0 and an MoE layer 1, so it covers both block kinds.
+    for case in ["moe_yarn", "moe_packed"] {
+        let dir = case_dir(case);
+        let model = Qwen3::load(&dir, &device).unwrap();
+        let inputs = ForwardInputs::read(&dir.join("inputs.json")).unwrap();
+        let out = model.forward(
+            model.token_tensor(&inputs.input_ids, &device).unwrap(),
+            &inputs.layout(&device).unwrap(),
+        );
+        let loss = model.loss(
+            &out,
+            inputs.labels(&model, &device).unwrap(),
+            model.default_aux_coef(),
+        );
+        let want = expected(case);
+        assert_close(
+            &format!("wgpu {case} logits"),
+            &values(&out.logits),
+            &want["logits"].1,
+        );
+        assert_close(
+            &format!("wgpu {case} total_loss"),
+            &values(&loss.total),
+            &want["total_loss"].1,
+        );
+        let grads = loss.total.backward();
+        let q = "model.layers.0.self_attn.q_proj.weight";
+        let param = model
+            .named_tensors()
+            .into_iter()
+            .find(|p| p.name() == q)
+            .unwrap();
+        let grad = param.grad(&grads).expect("gradient on wgpu");
+        assert_close(
+            &format!("wgpu {case} grad {q}"),
+            &grad.to_f32_vec(),
+            &want[&format!("grad.{q}")].1,
+        );
     }
 }

@@ -1,2 +1,34 @@
-//! agentcpt-datasets: the sample schema, Parquet streaming, tokenization, packing, mixtures
-//! and synthesis. It has no burn dependency, so it builds and tests fast.
+//! agentcpt-datasets: the data pipeline of the Agentic CPT trainer, without burn.
+//!
+//! Samples live in Parquet shards with one schema for every kind ([`schema`]); a
+//! [`loader::Loader`] streams them ([`reader`]), renders ChatML conversations with the
+//! Qwen3 template ([`chat`]), tokenizes ([`tokenizer`]), mixes sources by token weight
+//! ([`mixture`]) and packs fixed-length rows with document boundaries ([`packing`]). Its
+//! [`loader::LoaderState`] makes resume exact. See `datasets/README.md`.
+
+pub mod chat;
+pub mod error;
+pub mod json;
+pub mod loader;
+pub mod mixture;
+pub mod packing;
+pub mod reader;
+pub mod rng;
+pub mod schema;
+pub mod tokenizer;
+
+#[cfg(test)]
+pub(crate) mod test_util;
+
+pub use chat::{parse_conversation, render, render_json, ChatOptions, Conversation, Message, Role};
+pub use error::{ChatError, DataError, Result};
+pub use loader::{Loader, LoaderConfig, LoaderState, SourceConfig, SourceReport, SourceStats};
+pub use mixture::{Mixture, OnExhausted};
+pub use packing::{Overlong, PackMode, PackedSequence, Packer, PackingConfig, Segment};
+pub use reader::{expand_globs, read_all, DataParallel, DocRef, OnBad, ParquetShard, ShardUnit};
+pub use schema::{
+    sample_schema, write_shard, Compression, Content, Sample, ShardWriter, WriterOptions,
+};
+pub use tokenizer::{
+    default_qwen3_tokenizer_path, ByteEncoder, Encoder, HfTokenizer, QWEN3_EOT_ID,
+};

@@ -81,17 +81,18 @@ impl Qwen3Config {
             return Err(ModelError::config(path, "expected a JSON object"));
         };
         let f = Fields { raw: &raw, path };
-        let architecture =
-            match f.str("model_type")? {
-                "qwen3" => Architecture::Dense,
-                "qwen3_moe" => Architecture::Moe,
-                other => return Err(ModelError::config(
+        let architecture = match f.str("model_type")? {
+            "qwen3" => Architecture::Dense,
+            "qwen3_moe" => Architecture::Moe,
+            other => {
+                return Err(ModelError::config(
                     path,
                     format!(
                         "unknown model_type `{other}`: agentcpt supports `qwen3` and `qwen3_moe`"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         if f.opt_bool("attention_bias")?.unwrap_or(false) {
             return Err(f.err("`attention_bias: true` is not supported by Qwen3"));
         }

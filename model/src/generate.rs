@@ -141,6 +141,50 @@ impl SplitMix64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Qwen3Config;
+
+    fn tiny_moe(device: &Device) -> Qwen3 {
+        let cfg = serde_json::json!({
+            "model_type": "qwen3_moe", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 48,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8,
+            "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 64,
+            "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
+            "initializer_range": 0.2
+        });
+        device.seed(17);
+        Qwen3::random(
+            Qwen3Config::from_json(cfg, std::path::Path::new("tiny")).unwrap(),
+            device,
+        )
+    }
+
+    /// Decoding with the cache must pick what a full forward over the whole sequence picks.
+    #[test]
+    fn cached_greedy_decoding_matches_full_recompute() {
+        let device = Device::flex();
+        let model = tiny_moe(&device);
+        let prompt = vec![3, 14, 15, 9, 26];
+        let config = GenerationConfig {
+            max_new_tokens: 8,
+            ..Default::default()
+        };
+        let generated = generate(&model, &prompt, &config, &device).unwrap();
+        let mut sequence = prompt.clone();
+        for &token in &generated {
+            let s = sequence.len();
+            let ids = model.token_tensor(&[sequence.clone()], &device).unwrap();
+            let logits = model
+                .forward(ids, &SequenceLayout::contiguous(1, s, 0, &device))
+                .logits;
+            let last = logits
+                .narrow(1, s - 1, 1)
+                .reshape([64])
+                .argmax(0)
+                .into_scalar::<i64>();
+            assert_eq!(token, last, "step {}", s - prompt.len());
+            sequence.push(token);
+        }
+    }
 
     #[test]
     fn top_p_keeps_the_nucleus_only() {

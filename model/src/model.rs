@@ -8,12 +8,18 @@ use crate::attention::{Attention, KvCache};
 use crate::config::Qwen3Config;
 use crate::error::{ModelError, Result};
 use crate::layout::SequenceLayout;
-use crate::loss::{causal_lm_loss, LossOutput};
+use crate::loss::{causal_lm_loss, LossOutput, IGNORE_INDEX};
 use crate::mlp::Mlp;
 use crate::moe::{load_balancing_loss, RouterStats, SparseMoe};
 use crate::norm::RmsNorm;
 use crate::rope::RopeTables;
 use crate::weights::{CheckpointReader, Init, NamedTensor, ParamSource};
+
+/// A parameter handed out by [`Qwen3::for_each_param_mut`].
+pub enum ParamSlot<'a> {
+    Vector(&'a mut Param<Tensor<1>>),
+    Matrix(&'a mut Param<Tensor<2>>),
+}
 
 #[derive(Module, Debug)]
 pub enum FeedForward {
@@ -238,78 +244,128 @@ impl Qwen3 {
 
     /// Every parameter under its Hugging Face name, in checkpoint order.
     pub fn named_tensors(&self) -> Vec<NamedTensor> {
-        let mut out = vec![NamedTensor::Matrix(
-            "model.embed_tokens.weight".into(),
-            self.embed_tokens.val(),
-        )];
-        let m = |out: &mut Vec<NamedTensor>, name: String, p: &Param<Tensor<2>>| {
-            out.push(NamedTensor::Matrix(name, p.val()))
+        let mut out = Vec::new();
+        // Cloning a module clones tensor handles, not data.
+        self.clone().for_each_param_mut(&mut |name, slot| {
+            out.push(match slot {
+                ParamSlot::Vector(p) => NamedTensor::Vector(name.to_string(), p.val()),
+                ParamSlot::Matrix(p) => NamedTensor::Matrix(name.to_string(), p.val()),
+            })
+        });
+        out
+    }
+
+    /// Visits every parameter, mutably, with its Hugging Face name, in checkpoint order.
+    pub fn for_each_param_mut(&mut self, f: &mut dyn FnMut(&str, ParamSlot<'_>)) {
+        let mlp = |f: &mut dyn FnMut(&str, ParamSlot<'_>), prefix: &str, mlp: &mut Mlp| {
+            f(
+                &format!("{prefix}.gate_proj.weight"),
+                ParamSlot::Matrix(&mut mlp.gate_proj),
+            );
+            f(
+                &format!("{prefix}.up_proj.weight"),
+                ParamSlot::Matrix(&mut mlp.up_proj),
+            );
+            f(
+                &format!("{prefix}.down_proj.weight"),
+                ParamSlot::Matrix(&mut mlp.down_proj),
+            );
         };
-        let v = |out: &mut Vec<NamedTensor>, name: String, n: &RmsNorm| {
-            out.push(NamedTensor::Vector(name, n.weight.val()))
-        };
-        let mlp = |out: &mut Vec<NamedTensor>, prefix: String, mlp: &Mlp| {
-            m(out, format!("{prefix}.gate_proj.weight"), &mlp.gate_proj);
-            m(out, format!("{prefix}.up_proj.weight"), &mlp.up_proj);
-            m(out, format!("{prefix}.down_proj.weight"), &mlp.down_proj);
-        };
-        for (i, layer) in self.layers.iter().enumerate() {
+        f(
+            "model.embed_tokens.weight",
+            ParamSlot::Matrix(&mut self.embed_tokens),
+        );
+        for (i, layer) in self.layers.iter_mut().enumerate() {
             let p = format!("model.layers.{i}");
-            let a = &layer.self_attn;
-            m(&mut out, format!("{p}.self_attn.q_proj.weight"), &a.q_proj);
-            m(&mut out, format!("{p}.self_attn.k_proj.weight"), &a.k_proj);
-            m(&mut out, format!("{p}.self_attn.v_proj.weight"), &a.v_proj);
-            m(&mut out, format!("{p}.self_attn.o_proj.weight"), &a.o_proj);
-            v(&mut out, format!("{p}.self_attn.q_norm.weight"), &a.q_norm);
-            v(&mut out, format!("{p}.self_attn.k_norm.weight"), &a.k_norm);
-            v(
-                &mut out,
-                format!("{p}.input_layernorm.weight"),
-                &layer.input_layernorm,
+            let a = &mut layer.self_attn;
+            f(
+                &format!("{p}.self_attn.q_proj.weight"),
+                ParamSlot::Matrix(&mut a.q_proj),
             );
-            v(
-                &mut out,
-                format!("{p}.post_attention_layernorm.weight"),
-                &layer.post_attention_layernorm,
+            f(
+                &format!("{p}.self_attn.k_proj.weight"),
+                ParamSlot::Matrix(&mut a.k_proj),
             );
-            match &layer.mlp {
-                FeedForward::Dense(d) => mlp(&mut out, format!("{p}.mlp"), d),
+            f(
+                &format!("{p}.self_attn.v_proj.weight"),
+                ParamSlot::Matrix(&mut a.v_proj),
+            );
+            f(
+                &format!("{p}.self_attn.o_proj.weight"),
+                ParamSlot::Matrix(&mut a.o_proj),
+            );
+            f(
+                &format!("{p}.self_attn.q_norm.weight"),
+                ParamSlot::Vector(&mut a.q_norm.weight),
+            );
+            f(
+                &format!("{p}.self_attn.k_norm.weight"),
+                ParamSlot::Vector(&mut a.k_norm.weight),
+            );
+            f(
+                &format!("{p}.input_layernorm.weight"),
+                ParamSlot::Vector(&mut layer.input_layernorm.weight),
+            );
+            f(
+                &format!("{p}.post_attention_layernorm.weight"),
+                ParamSlot::Vector(&mut layer.post_attention_layernorm.weight),
+            );
+            match &mut layer.mlp {
+                FeedForward::Dense(d) => mlp(f, &format!("{p}.mlp"), d),
                 FeedForward::Sparse(s) => {
-                    m(&mut out, format!("{p}.mlp.gate.weight"), &s.gate);
-                    for (e, expert) in s.experts.iter().enumerate() {
-                        mlp(&mut out, format!("{p}.mlp.experts.{e}"), expert);
+                    f(
+                        &format!("{p}.mlp.gate.weight"),
+                        ParamSlot::Matrix(&mut s.gate),
+                    );
+                    for (e, expert) in s.experts.iter_mut().enumerate() {
+                        mlp(f, &format!("{p}.mlp.experts.{e}"), expert);
                     }
                 }
             }
         }
-        v(&mut out, "model.norm.weight".into(), &self.norm);
-        if let Some(head) = &self.lm_head {
-            m(&mut out, "lm_head.weight".into(), head);
+        f(
+            "model.norm.weight",
+            ParamSlot::Vector(&mut self.norm.weight),
+        );
+        if let Some(head) = &mut self.lm_head {
+            f("lm_head.weight", ParamSlot::Matrix(head));
         }
-        out
     }
 
     /// Token ids `[B][S]` as a device tensor, checked against the vocabulary.
     pub fn token_tensor(&self, rows: &[Vec<i64>], device: &Device) -> Result<Tensor<2, Int>> {
+        self.id_tensor("token id", rows, false, device)
+    }
+
+    /// Labels `[B][S]` (unshifted) as a device tensor: vocabulary ids or -100 (ignored).
+    pub fn label_tensor(&self, rows: &[Vec<i64>], device: &Device) -> Result<Tensor<2, Int>> {
+        self.id_tensor("label", rows, true, device)
+    }
+
+    fn id_tensor(
+        &self,
+        what: &str,
+        rows: &[Vec<i64>],
+        allow_ignore: bool,
+        device: &Device,
+    ) -> Result<Tensor<2, Int>> {
         let s = rows.first().map_or(0, Vec::len);
         if s == 0 {
-            return Err(ModelError::Input("no tokens".into()));
+            return Err(ModelError::Input(format!("no {what}s")));
         }
+        let vocab = self.config.vocab_size;
+        let valid =
+            |id: i64| (0..vocab as i64).contains(&id) || (allow_ignore && id == IGNORE_INDEX);
         for (r, row) in rows.iter().enumerate() {
             if row.len() != s {
                 return Err(ModelError::Input(format!(
-                    "row {r} has {} tokens, row 0 has {s}",
+                    "{what} row {r} has {} entries, row 0 has {s}",
                     row.len()
                 )));
             }
-            if let Some((c, id)) = row
-                .iter()
-                .enumerate()
-                .find(|(_, &id)| id < 0 || id as usize >= self.config.vocab_size)
-            {
+            if let Some((c, id)) = row.iter().enumerate().find(|(_, &id)| !valid(id)) {
                 return Err(ModelError::Input(format!(
-                    "token id {id} at row {r}, position {c} is outside the vocabulary (0..{})",
-                    self.config.vocab_size
+                    "{what} {id} at row {r}, position {c} is outside the vocabulary (0..{vocab})"
                 )));
             }
         }

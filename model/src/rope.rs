@@ -80,9 +80,11 @@ impl RopeScaling {
             "yarn" => {
                 let original = match num("original_max_position_embeddings")? {
                     Some(v) if v >= 1.0 && v.fract() == 0.0 => v as usize,
-                    Some(v) => return Err(format!(
+                    Some(v) => {
+                        return Err(format!(
                         "`original_max_position_embeddings` must be a positive integer, got {v}"
-                    )),
+                    ))
+                    }
                     None => max_position_embeddings,
                 };
                 let mut y = YarnScaling::new(factor()?, original);
@@ -262,7 +264,7 @@ impl RopeTables {
 }
 
 /// The float dtype of a tensor dtype (activations are always float here).
-pub(crate) fn float_dtype(dtype: DType) -> FloatDType {
+pub fn float_dtype(dtype: DType) -> FloatDType {
     match dtype {
         DType::F64 => FloatDType::F64,
         DType::F16 => FloatDType::F16,

@@ -143,16 +143,14 @@ impl ForwardInputs {
         })
     }
 
-    pub fn labels(&self, device: &Device) -> Result<Tensor<2, Int>> {
+    /// The labels (the input ids unless given), checked against the model's vocabulary.
+    pub fn labels(&self, model: &Qwen3, device: &Device) -> Result<Tensor<2, Int>> {
         let rows = self.labels.as_ref().unwrap_or(&self.input_ids);
         let (b, s) = (self.input_ids.len(), self.input_ids[0].len());
         if rows.len() != b || rows.iter().any(|r| r.len() != s) {
             bail!("`labels` must have the shape of `input_ids` ([{b}, {s}])");
         }
-        Ok(Tensor::from_data(
-            TensorData::new(rows.iter().flatten().copied().collect::<Vec<_>>(), [b, s]),
-            device,
-        ))
+        Ok(model.label_tensor(rows, device)?)
     }
 }
 
@@ -162,7 +160,7 @@ pub fn forward(model_dir: &Path, inputs: &Path, output: &Path, device: &Device) 
     let model = Qwen3::load(model_dir, device)?;
     let ids = model.token_tensor(&inputs.input_ids, device)?;
     let layout = inputs.layout(device)?;
-    let labels = inputs.labels(device)?;
+    let labels = inputs.labels(&model, device)?;
     let out = model.forward(ids, &layout);
     let loss = model.loss(&out, labels, model.default_aux_coef());
     let scalar = |t: &Tensor<1>| -> f32 {

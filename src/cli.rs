@@ -27,6 +27,71 @@ pub enum Command {
     Model(ModelCommand),
     /// Generate token ids from a checkpoint with a KV cache.
     Generate(GenerateArgs),
+    /// Import, inspect, tokenize and preview training data.
+    #[command(subcommand)]
+    Data(DataCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// JSONL documents (`text`) or ChatML trajectories (`messages`, `tools`) → Parquet shards.
+    Import {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Sample kind: fas_planning, fas_reasoning, has, general, trajectory, …
+        #[arg(long)]
+        kind: String,
+        /// Source name stored with every sample (default: the file's stem).
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = commands::data::DEFAULT_SHARD_ROWS)]
+        rows_per_shard: usize,
+    },
+    /// Schema, row counts, a length histogram and one rendered sample.
+    Inspect {
+        #[arg(required = true)]
+        globs: Vec<String>,
+        /// tokenizer.json for token lengths (characters without it).
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+    },
+    /// Pre-tokenize shards into `input_ids` shards.
+    Tokenize {
+        #[arg(required = true)]
+        globs: Vec<String>,
+        #[arg(long)]
+        tokenizer: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = commands::data::DEFAULT_SHARD_ROWS)]
+        rows_per_shard: usize,
+    },
+    /// The next packed micro-batches of a recipe, as JSONL, exactly as the trainer sees them.
+    Preview {
+        /// Recipe file or name (looked up in the working directory, then recipes/).
+        recipe: String,
+        #[arg(long, default_value_t = 1)]
+        batches: usize,
+        /// Start from this saved loader state.
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Save the loader state after the last batch.
+        #[arg(long)]
+        save_state: Option<PathBuf>,
+        /// Recipe overrides, `key.path=value` (repeatable).
+        #[arg(long = "set")]
+        overrides: Vec<String>,
+        /// This data-parallel rank's share of the data.
+        #[arg(long, default_value_t = 0)]
+        rank: u32,
+        #[arg(long, default_value_t = 1)]
+        world: u32,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -167,6 +232,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let options = commands::model::save_options(&save.save_dtype, save.max_shard_bytes)?;
             commands::model::convert(&model, &out, &options, &device.device()?)
         }
+        Command::Data(command) => run_data(command),
         Command::Generate(args) => {
             let config = GenerationConfig {
                 max_new_tokens: args.max_new_tokens,
@@ -181,6 +247,62 @@ pub fn run(cli: Cli) -> Result<()> {
                 &config,
                 &args.device.device()?,
             )
+        }
+    }
+}
+
+fn run_data(command: DataCommand) -> Result<()> {
+    use crate::commands::data;
+    match command {
+        DataCommand::Import {
+            files,
+            kind,
+            source,
+            out,
+            rows_per_shard,
+        } => data::import(&files, &kind, source.as_deref(), &out, rows_per_shard),
+        DataCommand::Inspect { globs, tokenizer } => data::inspect(&globs, tokenizer.as_deref()),
+        DataCommand::Tokenize {
+            globs,
+            tokenizer,
+            out,
+            rows_per_shard,
+        } => data::tokenize(&globs, &tokenizer, &out, rows_per_shard),
+        DataCommand::Preview {
+            recipe,
+            batches,
+            state,
+            save_state,
+            overrides,
+            rank,
+            world,
+            output,
+        } => {
+            let recipe =
+                crate::recipe::LoadedRecipe::load(&crate::recipe::find(&recipe)?, &overrides)?;
+            let dp = agentcpt_datasets::DataParallel::new(rank, world)?;
+            match output {
+                Some(path) => {
+                    let mut file = std::fs::File::create(&path)
+                        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+                    data::preview(
+                        &recipe,
+                        batches,
+                        state.as_deref(),
+                        save_state.as_deref(),
+                        dp,
+                        &mut file,
+                    )
+                }
+                None => data::preview(
+                    &recipe,
+                    batches,
+                    state.as_deref(),
+                    save_state.as_deref(),
+                    dp,
+                    &mut std::io::stdout(),
+                ),
+            }
         }
     }
 }

@@ -4,3 +4,5 @@
 pub mod cli;
 pub mod commands;
 pub mod device;
+pub mod recipe;
+pub mod train;

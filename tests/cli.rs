@@ -8,18 +8,18 @@ use serde_json::{json, Value};
 
 use crate::common::{assert_close, case_dir, expected, read_safetensors};
 
-fn agentcpt(args: &[&str]) -> Output {
+pub fn agentcpt(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_agentcpt"))
         .args(args)
         .output()
         .expect("agentcpt runs")
 }
 
-fn stdout(o: &Output) -> String {
+pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn stderr(o: &Output) -> String {
+pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 

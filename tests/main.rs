@@ -3,5 +3,6 @@
 
 mod cli;
 mod common;
+mod data;
 mod parity;
 mod weights;

@@ -13,6 +13,7 @@ pub mod loader;
 pub mod mixture;
 pub mod packing;
 pub mod reader;
+pub mod render;
 pub mod rng;
 pub mod schema;
 pub mod tokenizer;
@@ -26,6 +27,7 @@ pub use loader::{Loader, LoaderConfig, LoaderState, SourceConfig, SourceReport, 
 pub use mixture::{Mixture, OnExhausted};
 pub use packing::{Overlong, PackMode, PackedSequence, Packer, PackingConfig, Segment};
 pub use reader::{expand_globs, read_all, DataParallel, DocRef, OnBad, ParquetShard, ShardUnit};
+pub use render::training_text;
 pub use schema::{
     sample_schema, write_shard, Compression, Content, Sample, ShardWriter, WriterOptions,
 };

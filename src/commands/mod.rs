@@ -1,4 +1,5 @@
 //! One module per top-level command.
 
+pub mod data;
 pub mod generate;
 pub mod model;

@@ -27,6 +27,20 @@ pub enum Command {
     Model(ModelCommand),
     /// Generate token ids from a checkpoint with a KV cache.
     Generate(GenerateArgs),
+    /// Train a recipe (a TOML stage) to the end, resuming from its newest checkpoint.
+    Recipe {
+        /// Recipe file or name (looked up in the working directory, then recipes/).
+        recipe: String,
+        /// Validate everything reachable and print the plan without training.
+        #[arg(long)]
+        dry_run: bool,
+        /// Start over, deleting the run directory's checkpoints and metrics.
+        #[arg(long)]
+        fresh: bool,
+        /// Overrides, `key.path=value` (repeatable).
+        #[arg(long = "set")]
+        overrides: Vec<String>,
+    },
     /// Import, inspect, tokenize and preview training data.
     #[command(subcommand)]
     Data(DataCommand),
@@ -233,6 +247,20 @@ pub fn run(cli: Cli) -> Result<()> {
             commands::model::convert(&model, &out, &options, &device.device()?)
         }
         Command::Data(command) => run_data(command),
+        Command::Recipe {
+            recipe,
+            dry_run,
+            fresh,
+            overrides,
+        } => {
+            let recipe =
+                crate::recipe::LoadedRecipe::load(&crate::recipe::find(&recipe)?, &overrides)?;
+            if dry_run {
+                commands::recipe::dry_run(&recipe)
+            } else {
+                commands::recipe::train(recipe, fresh)
+            }
+        }
         Command::Generate(args) => {
             let config = GenerationConfig {
                 max_new_tokens: args.max_new_tokens,

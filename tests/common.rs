@@ -1,9 +1,9 @@
 //! Fixture access shared by the test modules.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 use agentcpt_model::burn::tensor::Device;
+use agentcpt_model::weights::TensorMap;
 use serde_json::Value;
 
 /// The parity fixtures written by `tests/fixtures/make_parity_fixtures.py`.
@@ -27,7 +27,7 @@ pub fn device() -> Device {
 }
 
 /// `expected.safetensors` of a case: name → (shape, f32 values).
-pub fn expected(case: &str) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
+pub fn expected(case: &str) -> TensorMap {
     read_safetensors(&case_dir(case).join("expected.safetensors"))
 }
 
@@ -36,21 +36,8 @@ pub fn expected_json(case: &str) -> Value {
         .unwrap()
 }
 
-pub fn read_safetensors(path: &std::path::Path) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
-            let values = view
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            (name, (view.shape().to_vec(), values))
-        })
-        .collect()
+pub fn read_safetensors(path: &std::path::Path) -> TensorMap {
+    agentcpt_model::weights::read_safetensors(path).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// max |ours − ref| / max |ref|: the parity metric (≤ 1e-4 in f32).

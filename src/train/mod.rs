@@ -1,4 +1,7 @@
-//! Training components: the optimiser and the learning-rate schedule.
+//! Training: the loop, its optimiser and schedule, checkpoints and metrics.
 
+pub mod checkpoint;
+pub mod metrics;
 pub mod optimizer;
 pub mod schedule;
+pub mod trainer;

@@ -4,9 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use agentcpt_model::burn::tensor::{FloatDType, Tensor};
+use agentcpt_model::burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
 use agentcpt_model::rope::float_dtype;
 use agentcpt_model::weights::NamedTensor;
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -128,6 +129,46 @@ impl AdamW {
         self.step += 1;
     }
 
+    /// Restores the moments saved by [`Self::state_tensors`] (flattened f32 values by name).
+    pub fn load_state(
+        &mut self,
+        step: u64,
+        mut saved: std::collections::HashMap<String, Vec<f32>>,
+        device: &Device,
+    ) -> Result<()> {
+        self.step = step;
+        self.moments.clear();
+        let names: Vec<String> = saved
+            .keys()
+            .filter_map(|k| k.strip_prefix("exp_avg.").map(String::from))
+            .collect();
+        for name in names {
+            let mut take = |key: String| -> Result<Tensor<1>> {
+                let values = saved
+                    .remove(&key)
+                    .with_context(|| format!("optimizer state lacks `{key}`"))?;
+                let n = values.len();
+                Ok(Tensor::from_data(
+                    TensorData::new(values, [n]),
+                    (device, DType::F32),
+                ))
+            };
+            let exp_avg = take(format!("exp_avg.{name}"))?;
+            let exp_avg_sq = take(format!("exp_avg_sq.{name}"))?;
+            self.moments.insert(
+                name,
+                Moments {
+                    exp_avg,
+                    exp_avg_sq,
+                },
+            );
+        }
+        if let Some(extra) = saved.keys().next() {
+            bail!("optimizer state has an unexpected tensor `{extra}`");
+        }
+        Ok(())
+    }
+
     /// The moments as named tensors (`exp_avg.NAME`, `exp_avg_sq.NAME`), for checkpoints.
     pub fn state_tensors(&self) -> Vec<NamedTensor> {
         self.moments
@@ -163,7 +204,6 @@ pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agentcpt_model::burn::tensor::{Device, TensorData};
 
     fn tensor(values: &[f32]) -> Tensor<1> {
         Tensor::from_data(

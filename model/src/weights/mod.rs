@@ -5,9 +5,9 @@ mod reader;
 mod source;
 mod writer;
 
-pub use reader::CheckpointReader;
+pub use reader::{read_safetensors, CheckpointReader, TensorMap};
 pub use source::{Init, ParamSource};
-pub use writer::{save_pretrained, SaveDType, SaveOptions};
+pub use writer::{save_pretrained, write_safetensors, SaveDType, SaveOptions};
 
 use burn::tensor::Gradients;
 use burn::tensor::Tensor;

@@ -183,6 +183,29 @@ impl CheckpointReader {
     }
 }
 
+/// Tensors by name: (shape, f32 values).
+pub type TensorMap = HashMap<String, (Vec<usize>, Vec<f32>)>;
+
+/// Every tensor of one safetensors file as f32.
+pub fn read_safetensors(path: &Path) -> Result<TensorMap> {
+    let (mmap, header_len, metadata) = map_shard_full(path)?;
+    metadata
+        .tensors()
+        .into_iter()
+        .map(|(name, info)| {
+            let bytes =
+                &mmap[8 + header_len + info.data_offsets.0..8 + header_len + info.data_offsets.1];
+            let values = to_f32(bytes, info.dtype).ok_or_else(|| {
+                ModelError::checkpoint(
+                    path,
+                    format!("tensor `{name}` has unsupported dtype {:?}", info.dtype),
+                )
+            })?;
+            Ok((name, (info.shape.clone(), values)))
+        })
+        .collect()
+}
+
 fn read_index(path: &Path) -> Result<BTreeMap<String, String>> {
     let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
     let value: Value = serde_json::from_str(&text)

@@ -129,6 +129,11 @@ fn plan_shards<'a>(tensors: &'a [NamedTensor], options: &SaveOptions) -> Vec<Vec
     shards
 }
 
+/// Writes `tensors` into one safetensors file (streamed, renamed into place when complete).
+pub fn write_safetensors(path: &Path, tensors: &[NamedTensor], dtype: SaveDType) -> Result<()> {
+    write_shard(path, &tensors.iter().collect::<Vec<_>>(), dtype).map(|_| ())
+}
+
 /// Streams one safetensors file; returns the bytes of tensor data written.
 fn write_shard(path: &Path, tensors: &[&NamedTensor], dtype: SaveDType) -> Result<usize> {
     let mut header = Map::new();

@@ -72,6 +72,14 @@ def main():
         with open(OUT / f"{name}.jsonl", "w") as f:
             for i in range(n):
                 f.write(json.dumps(make(rng, i)) + "\n")
+    # Held-out documents for the recipes' [eval] section, drawn with another seed.
+    rng = random.Random(99)
+    with open(OUT / "heldout.jsonl", "w") as f:
+        for i in range(16):
+            make = [fas_planning, fas_reasoning, has_trajectory, general][i % 4]
+            record = make(rng, i)
+            record["id"] = f"heldout-{i}"
+            f.write(json.dumps(record) + "\n")
     print(f"wrote {OUT}")
 
 

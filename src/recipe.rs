@@ -30,7 +30,19 @@ pub struct Recipe {
     #[serde(default)]
     pub checkpoint: CheckpointSection,
     #[serde(default)]
+    pub eval: Option<EvalSection>,
+    #[serde(default)]
     pub runtime: RuntimeSection,
+}
+
+/// Held-out sources scored every `every` steps on the same `batches` micro-batches.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSection {
+    pub every: u64,
+    #[serde(default = "one")]
+    pub batches: usize,
+    pub sources: Vec<agentcpt_datasets::SourceConfig>,
 }
 
 fn default_schedule() -> Schedule {
@@ -226,7 +238,8 @@ impl LoadedRecipe {
         if let TokenizerSection::Hf { path } = &mut recipe.tokenizer {
             resolve(path);
         }
-        for source in &mut recipe.data.sources {
+        let eval_sources = recipe.eval.iter_mut().flat_map(|e| e.sources.iter_mut());
+        for source in recipe.data.sources.iter_mut().chain(eval_sources) {
             for pattern in &mut source.paths {
                 if Path::new(pattern.as_str()).is_relative() {
                     *pattern = base.join(pattern.as_str()).to_string_lossy().into_owned();
@@ -279,6 +292,14 @@ impl LoadedRecipe {
         }
         if total <= 0.0 {
             return Err(self.err("data.sources.weight", "the weights sum to zero"));
+        }
+        if let Some(eval) = &r.eval {
+            if eval.every == 0 || eval.batches == 0 || eval.sources.is_empty() {
+                return Err(self.err(
+                    "eval",
+                    "needs `every` > 0, `batches` > 0 and at least one source",
+                ));
+            }
         }
         if r.data.seq_len < 2 {
             return Err(self.err("data.seq_len", "must be at least 2"));

@@ -26,12 +26,12 @@ pub enum DataError {
         patterns: Vec<String>,
     },
 
-    /// The file system refused (open, stat, create, write).
-    #[error("{}: {source}", path.display())]
+    /// The file system refused (open, stat, create, write). `error` is part of the message
+    /// rather than a `source`, so that it is printed once.
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     /// The footer cannot be read: truncated, empty, or not Parquet at all.
@@ -77,10 +77,10 @@ pub enum DataError {
 }
 
 impl DataError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         DataError::Io {
             path: path.into(),
-            source,
+            error,
         }
     }
 

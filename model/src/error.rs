@@ -13,10 +13,11 @@ pub enum ModelError {
     /// Model inputs that the model cannot take (token ids, positions, shapes).
     #[error("invalid input: {0}")]
     Input(String),
-    #[error("{}: {source}", path.display())]
+    /// `error` is part of the message rather than a `source`, so that it is printed once.
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -35,10 +36,10 @@ impl ModelError {
         }
     }
 
-    pub fn io(path: &Path, source: std::io::Error) -> Self {
+    pub fn io(path: &Path, error: std::io::Error) -> Self {
         Self::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         }
     }
 }

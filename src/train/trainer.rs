@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use agentcpt_datasets::{DataParallel, Loader, PackedSequence};
+use agentcpt_model::burn::module::Module;
 use agentcpt_model::burn::tensor::{Device, Int, Tensor};
 use agentcpt_model::info::param_counts;
 use agentcpt_model::model::ParamSlot;
@@ -227,7 +228,12 @@ impl Trainer {
                 self.save()?;
                 return Ok(Outcome::Interrupted);
             }
-            let record = self.train_step(total)?;
+            let mut record = self.train_step(total)?;
+            if let Some(eval) = &self.recipe.recipe.eval {
+                if self.state.step.is_multiple_of(eval.every) || self.state.step == total {
+                    record["val_loss"] = self.evaluate()?;
+                }
+            }
             self.metrics.write(&record)?;
             on_step(&record);
             let max_skips = self.recipe.recipe.train.max_consecutive_skips;
@@ -285,7 +291,7 @@ impl Trainer {
         let mut source_loss: BTreeMap<String, (f64, usize)> = BTreeMap::new();
         let mut expert_tokens: Vec<Vec<i64>> = Vec::new();
         for batch in &batches {
-            let (ids, labels, layout) = self.tensors(batch)?;
+            let (ids, labels, layout) = self.tensors(batch, &self.device)?;
             let out = self.model.forward(ids, &layout);
             let loss = self.model.loss(&out, labels, None);
             let mut objective = loss.ce.sum.clone().div_scalar(counted.max(1) as f64);
@@ -390,10 +396,53 @@ impl Trainer {
         }))
     }
 
+    /// Mean loss per held-out source on the first `eval.batches` micro-batches of the eval
+    /// sources (the same ones every time), without autodiff.
+    fn evaluate(&self) -> Result<Value> {
+        let eval = self
+            .recipe
+            .recipe
+            .eval
+            .as_ref()
+            .expect("called with an eval section");
+        let data = &self.recipe.recipe.data;
+        let mut config =
+            agentcpt_datasets::LoaderConfig::new(data.seq_len, data.seed, eval.sources.clone());
+        config.eot_id = data.eot_id;
+        config.pad_id = data.pad_id;
+        let names: Vec<String> = eval.sources.iter().map(|s| s.name.clone()).collect();
+        let mut loader = Loader::open(config, self.recipe.encoder()?, DataParallel::SINGLE)?;
+        let model = self.model.valid();
+        let mut per_source: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+        for _ in 0..eval.batches {
+            let batch = loader.next_batch(self.recipe.recipe.train.micro_batch)?;
+            if batch.is_empty() {
+                break;
+            }
+            let (ids, labels, layout) = self.tensors(&batch, &model.embed_tokens.device())?;
+            let out = model.forward(ids, &layout);
+            let loss = model.loss(&out, labels, None);
+            let per_token: Vec<f32> = loss
+                .ce
+                .per_token
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .expect("f32");
+            attribute_loss(&batch, &per_token, &names, &mut per_source);
+        }
+        Ok(per_source
+            .into_iter()
+            .map(|(k, (s, n))| (k, json!(s / n.max(1) as f64)))
+            .collect::<serde_json::Map<_, _>>()
+            .into())
+    }
+
     /// The device tensors of one micro-batch.
     fn tensors(
         &self,
         batch: &[PackedSequence],
+        device: &Device,
     ) -> Result<(Tensor<2, Int>, Tensor<2, Int>, SequenceLayout)> {
         let seq_len = self.recipe.recipe.data.seq_len;
         let ids: Vec<Vec<i64>> = batch
@@ -405,9 +454,9 @@ impl Trainer {
             .iter()
             .map(|s| s.doc_lens().into_iter().map(|l| l as usize).collect())
             .collect();
-        let ids = self.model.token_tensor(&ids, &self.device)?;
-        let labels = self.model.label_tensor(&labels, &self.device)?;
-        let layout = SequenceLayout::from_document_lengths(&lengths, seq_len, &self.device)?;
+        let ids = self.model.token_tensor(&ids, device)?;
+        let labels = self.model.label_tensor(&labels, device)?;
+        let layout = SequenceLayout::from_document_lengths(&lengths, seq_len, device)?;
         Ok((ids, labels, layout))
     }
 

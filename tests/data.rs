@@ -269,3 +269,40 @@ fn bad_recipes_name_file_line_and_key() {
     ]));
     assert!(e.contains("type.toml") && e.contains("seq_len"), "{e}");
 }
+
+#[test]
+fn realised_mixture_is_within_two_percent_over_10k_sequences() {
+    let recipe = repo("recipes/tiny-stage1.toml");
+    let out = stdout(&preview(&[recipe.to_str().unwrap(), "--batches", "5000"]));
+    let mut tokens: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut sequences = 0;
+    for line in out.lines() {
+        let batch: Value = serde_json::from_str(line).unwrap();
+        for seq in batch["sequences"].as_array().unwrap() {
+            sequences += 1;
+            let lengths = seq["document_lengths"].as_array().unwrap();
+            for (len, source) in lengths
+                .iter()
+                .zip(seq["document_sources"].as_array().unwrap())
+            {
+                if let Some(source) = source.as_str() {
+                    *tokens.entry(source.to_string()).or_default() += len.as_u64().unwrap();
+                }
+            }
+        }
+    }
+    assert_eq!(sequences, 10_000);
+    let total: u64 = tokens.values().sum();
+    for (source, weight) in [
+        ("fas_planning", 0.3),
+        ("fas_reasoning", 0.3),
+        ("has", 0.3),
+        ("general", 0.1),
+    ] {
+        let share = tokens[source] as f64 / total as f64;
+        assert!(
+            (share - weight).abs() <= 0.02,
+            "{source}: {share:.4} of tokens, weight {weight}"
+        );
+    }
+}

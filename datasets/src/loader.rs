@@ -8,6 +8,7 @@
 //! (trainer-anchors.md §3.2). The state also records what it is valid for (config, data
 //! files, tokenizer, rank, world) and [`Loader::resume`] refuses anything else.
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -29,6 +30,10 @@ use crate::tokenizer::{Encoder, QWEN3_EOT_ID};
 
 /// Version of the [`LoaderState`] layout.
 pub const STATE_FORMAT: u32 = 1;
+
+/// A source reads and tokenizes ahead at most `read_batch_rows` documents or this many bytes
+/// of content (plus the document that crosses it), whichever comes first.
+const READ_AHEAD_BYTES: usize = 8 << 20;
 
 fn default_true() -> bool {
     true
@@ -241,12 +246,58 @@ pub struct SourceReport {
     pub bad: BadCounts,
 }
 
+/// Where a source's reader stands: its cursor and bad-input counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ReaderPos {
+    cursor: Cursor,
+    bad: BadCounts,
+}
+
+impl ReaderPos {
+    fn of(r: &SourceReader) -> Self {
+        ReaderPos {
+            cursor: r.cursor(),
+            bad: r.bad_counts(),
+        }
+    }
+}
+
+/// What [`SourceReader::next_sample`] returned, materialised, in reader order.
+enum AheadItem {
+    /// A sample rendered and tokenized (or the reason it could not be).
+    Doc(DocRef, std::result::Result<Document, String>),
+    /// The end of the source's epoch.
+    End,
+    /// A reader error (the loader fails when it reaches it).
+    Failed(DataError),
+}
+
+/// Documents of one source read and tokenized ahead, so that tokenization runs in batches
+/// ([`Encoder::encode_batch`], parallel for the HF tokenizer). Each item carries the reader's
+/// position right after it was read; `taken` is the position after the last item handed to
+/// the mixer, which is what [`Loader::state`] saves. The read-ahead therefore changes
+/// neither the output nor the state: they are those of reading one sample at a time.
+struct ReadAhead {
+    queue: VecDeque<(AheadItem, ReaderPos)>,
+    taken: ReaderPos,
+}
+
+impl ReadAhead {
+    fn at(pos: ReaderPos) -> Self {
+        ReadAhead {
+            queue: VecDeque::new(),
+            taken: pos,
+        }
+    }
+}
+
 /// Sources → tokens → mixture → packed rows, for one data-parallel rank.
 pub struct Loader {
     cfg: LoaderConfig,
     encoder: Arc<dyn Encoder>,
     identity: Identity,
     readers: Vec<SourceReader>,
+    ahead: Vec<ReadAhead>,
     mixture: Mixture,
     rng: Rng,
     packer: Packer,
@@ -298,12 +349,17 @@ impl Loader {
         };
         let rng = Rng::seed_from_u64(mix_seed(&[cfg.seed, dp.rank as u64, dp.world as u64]));
         let packer = Packer::new(cfg.packing_config())?;
+        let ahead = readers
+            .iter()
+            .map(|r| ReadAhead::at(ReaderPos::of(r)))
+            .collect();
         Ok(Loader {
             stats: vec![SourceStats::default(); cfg.sources.len()],
             cfg,
             encoder,
             identity,
             readers,
+            ahead,
             mixture,
             rng,
             packer,
@@ -359,6 +415,7 @@ impl Loader {
             }
             let spec = loader.readers[i].spec().clone();
             loader.readers[i] = SourceReader::new(spec, dp, s.cursor, s.bad);
+            loader.ahead[i] = ReadAhead::at(ReaderPos::of(&loader.readers[i]));
             loader.stats[i] = s.stats;
         }
         let tokens: Vec<u64> = state.sources.iter().map(|s| s.stats.tokens).collect();
@@ -381,15 +438,15 @@ impl Loader {
             identity: self.identity.clone(),
             rng: self.rng.clone(),
             sources: self
-                .readers
+                .ahead
                 .iter()
                 .enumerate()
-                .map(|(i, r)| SourceState {
+                .map(|(i, a)| SourceState {
                     name: self.cfg.sources[i].name.clone(),
-                    cursor: r.cursor(),
+                    cursor: a.taken.cursor,
                     active: self.mixture.is_active(i),
                     stats: self.stats[i],
-                    bad: r.bad_counts(),
+                    bad: a.taken.bad,
                 })
                 .collect(),
             packer: self.packer.state(),
@@ -420,9 +477,9 @@ impl Loader {
                 weight: s.weight / w_sum,
                 share: shares[i],
                 active: self.mixture.is_active(i),
-                epoch: self.readers[i].cursor().epoch,
+                epoch: self.ahead[i].taken.cursor.epoch,
                 stats: self.stats[i],
-                bad: self.readers[i].bad_counts(),
+                bad: self.ahead[i].taken.bad,
             })
             .collect()
     }
@@ -504,6 +561,7 @@ impl Loader {
                 st.epochs_completed += 1;
                 st.docs_at_epoch_start = st.docs;
                 self.readers[s].start_next_epoch();
+                self.ahead[s] = ReadAhead::at(ReaderPos::of(&self.readers[s]));
             }
             OnExhausted::Drop => self.mixture.deactivate(s),
             OnExhausted::Stop => self.finish(),
@@ -514,10 +572,20 @@ impl Loader {
     /// The next document of source `s`, or `None` at the end of its epoch.
     fn pull(&mut self, s: usize) -> Result<Option<Document>> {
         loop {
-            let Some((doc, sample)) = self.readers[s].next_sample()? else {
-                return Ok(None);
+            if self.ahead[s].queue.is_empty() {
+                self.read_ahead(s);
+            }
+            let (item, pos) = self.ahead[s]
+                .queue
+                .pop_front()
+                .expect("read_ahead queues at least one item");
+            self.ahead[s].taken = pos;
+            let (doc, materialised) = match item {
+                AheadItem::Doc(doc, m) => (doc, m),
+                AheadItem::End => return Ok(None),
+                AheadItem::Failed(e) => return Err(e),
             };
-            match materialise(&self.cfg, &*self.encoder, doc, &sample) {
+            match materialised {
                 Ok(d) => return Ok(Some(d)),
                 Err(_) if self.cfg.sources[s].on_bad == OnBad::Skip => {
                     self.stats[s].bad_rows += 1;
@@ -533,6 +601,47 @@ impl Loader {
             }
         }
     }
+
+    /// Reads the next samples of source `s` (up to `read_batch_rows` of them, or
+    /// [`READ_AHEAD_BYTES`] of content, stopping after the end of the epoch or an error) and
+    /// materialises them with one [`Encoder::encode_batch`] call.
+    fn read_ahead(&mut self, s: usize) {
+        let reader = &mut self.readers[s];
+        let mut samples = Vec::new();
+        let mut tail = None;
+        let mut bytes = 0usize;
+        while samples.len() < self.cfg.read_batch_rows && bytes < READ_AHEAD_BYTES {
+            match reader.next_sample() {
+                Ok(Some((doc, sample))) => {
+                    bytes += match &sample.content {
+                        Content::Text(t) | Content::Messages(t) => t.len(),
+                        Content::InputIds(ids) => ids.len() * 4,
+                    };
+                    samples.push((doc, sample, ReaderPos::of(reader)));
+                }
+                Ok(None) => {
+                    tail = Some((AheadItem::End, ReaderPos::of(reader)));
+                    break;
+                }
+                Err(e) => {
+                    tail = Some((AheadItem::Failed(e), ReaderPos::of(reader)));
+                    break;
+                }
+            }
+        }
+        let (docs, positions): (Vec<_>, Vec<_>) = samples
+            .into_iter()
+            .map(|(doc, sample, pos)| ((doc, sample), pos))
+            .unzip();
+        let queue = &mut self.ahead[s].queue;
+        for (m, pos) in materialise_batch(&self.cfg, &*self.encoder, docs)
+            .into_iter()
+            .zip(positions)
+        {
+            queue.push_back((m, pos));
+        }
+        queue.extend(tail);
+    }
 }
 
 impl Iterator for Loader {
@@ -543,32 +652,70 @@ impl Iterator for Loader {
     }
 }
 
-/// Renders and tokenizes a sample, appending the separator.
-fn materialise(
+/// A sample on its way to tokens: text to tokenize, ids as stored, or why it is bad.
+enum Pending {
+    Text(String),
+    Ids(Vec<u32>),
+    Bad(String),
+}
+
+/// Renders and tokenizes samples (one [`Encoder::encode_batch`] call for all their texts),
+/// appending the separator to each. The only way samples become documents, so that the
+/// loader and [`loader_fetch`] (resume) give the same tokens.
+fn materialise_batch(
     cfg: &LoaderConfig,
     encoder: &dyn Encoder,
-    doc: DocRef,
-    sample: &Sample,
-) -> std::result::Result<Document, String> {
-    let mut tokens = match &sample.content {
-        Content::Text(t) => encoder.encode(t).map_err(|e| e.to_string())?,
-        Content::Messages(m) => {
-            let opts = ChatOptions {
-                keep_all_thinking: cfg.sources[doc.source as usize].keep_all_thinking,
-                ..ChatOptions::default()
+    samples: Vec<(DocRef, Sample)>,
+) -> Vec<AheadItem> {
+    let mut pending = Vec::with_capacity(samples.len());
+    for (doc, sample) in samples {
+        let p = match sample.content {
+            Content::Text(t) => Pending::Text(t),
+            Content::Messages(m) => {
+                let opts = ChatOptions {
+                    keep_all_thinking: cfg.sources[doc.source as usize].keep_all_thinking,
+                    ..ChatOptions::default()
+                };
+                match chat::render_json(&m, &opts) {
+                    Ok(text) => Pending::Text(text),
+                    Err(e) => Pending::Bad(format!("sample `{}`: {e}", sample.id)),
+                }
+            }
+            Content::InputIds(ids) => Pending::Ids(ids),
+        };
+        pending.push((doc, sample.id, p));
+    }
+    let texts: Vec<&str> = pending
+        .iter()
+        .filter_map(|(_, _, p)| match p {
+            Pending::Text(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut encoded = encoder.encode_batch(&texts).into_iter();
+    drop(texts);
+    pending
+        .into_iter()
+        .map(|(doc, id, p)| {
+            let tokens = match p {
+                Pending::Text(_) => encoded
+                    .next()
+                    .expect("one encoding per text")
+                    .map_err(|e| e.to_string()),
+                Pending::Ids(ids) => Ok(ids),
+                Pending::Bad(msg) => Err(msg),
             };
-            let text =
-                chat::render_json(m, &opts).map_err(|e| format!("sample `{}`: {e}", sample.id))?;
-            encoder.encode(&text).map_err(|e| e.to_string())?
-        }
-        Content::InputIds(ids) => ids.clone(),
-    };
-    tokens.push(cfg.eot_id);
-    Ok(Document {
-        doc,
-        sample_id: Arc::from(sample.id.as_str()),
-        tokens,
-    })
+            let doc_or_err = tokens.map(|mut tokens| {
+                tokens.push(cfg.eot_id);
+                Document {
+                    doc,
+                    sample_id: Arc::from(id.as_str()),
+                    tokens,
+                }
+            });
+            AheadItem::Doc(doc, doc_or_err)
+        })
+        .collect()
 }
 
 /// Re-reads and re-tokenizes one referenced document (resume).
@@ -587,12 +734,16 @@ fn loader_fetch(
         .get(d.file as usize)
         .ok_or_else(|| DataError::Resume(format!("state names unknown file {}", d.file)))?;
     let sample = ParquetShard::open(path)?.read_row(d.row_group as usize, d.row)?;
-    materialise(cfg, encoder, *d, &sample).map_err(|msg| DataError::Row {
-        path: path.into(),
-        row_group: d.row_group as usize,
-        row: d.row,
-        msg,
-    })
+    match materialise_batch(cfg, encoder, vec![(*d, sample)]).pop() {
+        Some(AheadItem::Doc(_, Ok(doc))) => Ok(doc),
+        Some(AheadItem::Doc(_, Err(msg))) => Err(DataError::Row {
+            path: path.into(),
+            row_group: d.row_group as usize,
+            row: d.row,
+            msg,
+        }),
+        _ => unreachable!("materialise_batch returns one document per sample"),
+    }
 }
 
 #[cfg(test)]

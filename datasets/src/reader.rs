@@ -18,11 +18,12 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type, UInt32Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};
-use arrow_schema::DataType;
+use arrow_schema::{DataType, FieldRef, Schema};
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
     ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
@@ -188,16 +189,49 @@ fn is_ids_type(t: &DataType) -> bool {
     }
 }
 
+/// Reads dictionary-typed string columns (pandas and polars categoricals, pyarrow
+/// `dictionary_encode`: the Arrow schema stored in the file says `Dictionary<K, Utf8>`) as
+/// their plain string type, which is all the reader needs. Other columns keep their types.
+fn without_string_dictionaries(
+    meta: ArrowReaderMetadata,
+) -> parquet::errors::Result<ArrowReaderMetadata> {
+    let is_dict_string =
+        |t: &DataType| matches!(t, DataType::Dictionary(_, v) if is_string_type(v));
+    let schema = meta.schema();
+    if !schema
+        .fields()
+        .iter()
+        .any(|f| is_dict_string(f.data_type()))
+    {
+        return Ok(meta);
+    }
+    let fields: Vec<FieldRef> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Dictionary(_, v) if is_string_type(v) => {
+                Arc::new(f.as_ref().clone().with_data_type(v.as_ref().clone()))
+            }
+            _ => f.clone(),
+        })
+        .collect();
+    let plain = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
+    ArrowReaderMetadata::try_new(
+        meta.metadata().clone(),
+        ArrowReaderOptions::new().with_schema(plain),
+    )
+}
+
 impl ParquetShard {
     /// Opens a shard and checks its schema against the sample schema.
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| DataError::io(path, e))?;
-        let meta = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(|e| {
-            DataError::NotParquet {
+        let meta = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
+            .and_then(without_string_dictionaries)
+            .map_err(|e| DataError::NotParquet {
                 path: path.into(),
                 msg: e.to_string(),
-            }
-        })?;
+            })?;
         let schema = meta.schema().clone();
         let found: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
         let field = |name: &str| schema.field_with_name(name).ok();

@@ -23,6 +23,12 @@ pub trait Encoder: Send + Sync {
     /// strings in the text (`<|im_start|>`, `<think>`, …) become their single ids.
     fn encode(&self, text: &str) -> Result<Vec<u32>>;
 
+    /// Encodes several texts; item `i` is exactly `self.encode(texts[i])`. The default runs
+    /// them one by one; [`HfTokenizer`] spreads them over threads.
+    fn encode_batch(&self, texts: &[&str]) -> Vec<Result<Vec<u32>>> {
+        texts.iter().map(|t| self.encode(t)).collect()
+    }
+
     /// A stable fingerprint of the vocabulary and rules (stored in loader states so that a
     /// resume with another tokenizer is refused).
     fn fingerprint(&self) -> u64;
@@ -82,6 +88,24 @@ impl Encoder for HfTokenizer {
             .encode_fast(text, false)
             .map(|enc| enc.get_ids().to_vec())
             .map_err(|e| DataError::Tokenizer(e.to_string()))
+    }
+
+    /// `encode_batch_fast` of HF `tokenizers`: the texts are tokenized in parallel on rayon's
+    /// global pool (all cores unless `RAYON_NUM_THREADS` or `TOKENIZERS_PARALLELISM=false`
+    /// say otherwise). Each text goes through the same `encode_fast` as [`Self::encode`];
+    /// batch padding, the only difference, is configured off in Qwen3's tokenizer.json and
+    /// checked here. On an error the texts are encoded one by one, so that each item gets
+    /// its own result.
+    fn encode_batch(&self, texts: &[&str]) -> Vec<Result<Vec<u32>>> {
+        if texts.len() > 1 && self.inner.get_padding().is_none() {
+            if let Ok(encodings) = self.inner.encode_batch_fast(texts.to_vec(), false) {
+                return encodings
+                    .into_iter()
+                    .map(|e| Ok(e.get_ids().to_vec()))
+                    .collect();
+            }
+        }
+        texts.iter().map(|t| self.encode(t)).collect()
     }
 
     fn fingerprint(&self) -> u64 {
@@ -186,6 +210,28 @@ pub(crate) mod tests {
         let ids = tok.encode(text).unwrap();
         assert_eq!(tok.decode(&ids, false).unwrap(), text);
         assert_eq!(ids, EXPECTED_UNICODE_IDS.to_vec());
+    }
+
+    #[test]
+    fn qwen3_batch_encoding_equals_one_by_one() {
+        let tok = qwen3();
+        let texts = [
+            "Tourist arrivals in France — ünïcode 中文 🙂",
+            "",
+            "<|im_start|>user\nHi<|im_end|>\n<think>\n\n</think>",
+            "  leading spaces and\n\n\nnewlines\t",
+        ];
+        let long = texts.concat().repeat(50);
+        let mut all: Vec<&str> = texts.to_vec();
+        all.push(&long);
+        let batch = tok.encode_batch(&all);
+        assert_eq!(batch.len(), all.len());
+        for (t, got) in all.iter().zip(batch) {
+            assert_eq!(got.unwrap(), tok.encode(t).unwrap(), "{t:?}");
+        }
+        let bytes = ByteEncoder.encode_batch(&["ab", ""]);
+        assert_eq!(bytes.len(), 2);
+        assert_eq!(bytes[0].as_ref().unwrap(), &vec![97, 98]);
     }
 
     #[test]

@@ -163,6 +163,47 @@ fn resume_twice_and_stats_survive() {
     assert_eq!(state.unwrap(), straight.state());
 }
 
+#[test]
+fn read_ahead_changes_neither_rows_nor_states() {
+    // Sources read and tokenize up to `read_batch_rows` documents ahead; with 1 they read
+    // one at a time. Rows, states and reports must be identical after every row, including
+    // across epochs and with a bad row skipped inside a read-ahead batch.
+    let dir = tempfile::tempdir().unwrap();
+    corpus(dir.path());
+    let good = r#"[{"role":"user","content":"hi"},{"role":"assistant","content":"yo"}]"#;
+    let samples: Vec<Sample> = (0..9)
+        .map(|i| messages_sample(&format!("b{i}"), if i == 4 { "[1]" } else { good }))
+        .collect();
+    let batch = crate::schema::samples_to_batch(&samples);
+    let file = std::fs::File::create(dir.path().join("bad-0.parquet")).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let mut cfg = config(dir.path(), 128, PackMode::BestFit);
+    let mut bad = src("bad", dir.path(), 1.0);
+    bad.on_bad = OnBad::Skip;
+    cfg.sources.push(bad);
+    let run = |rows_ahead: usize| {
+        let mut c = cfg.clone();
+        c.read_batch_rows = rows_ahead;
+        let mut l = open(&c, DataParallel::SINGLE);
+        (0..250)
+            .map(|_| {
+                let row = l.next_sequence().unwrap().expect("more data");
+                (row, l.state(), format!("{:?}", l.report()))
+            })
+            .collect::<Vec<_>>()
+    };
+    let one_by_one = run(1);
+    assert!(one_by_one.last().unwrap().1.sources[3].stats.bad_rows >= 2);
+    for rows_ahead in [2, 5, 256] {
+        let got = run(rows_ahead);
+        for (i, (a, b)) in one_by_one.iter().zip(&got).enumerate() {
+            assert_eq!(a, b, "read_batch_rows {rows_ahead}, row {i}");
+        }
+    }
+}
+
 /// Sample ids of the documents that start in these rows (each document once).
 fn doc_ids(rows: &[PackedSequence]) -> Vec<String> {
     rows.iter()

@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use arrow_array::{BinaryArray, Int64Array, StringArray};
+use arrow_array::types::{Int8Type, UInt32Type};
+use arrow_array::{BinaryArray, DictionaryArray, Int64Array, LargeStringArray, StringArray};
 use parquet::basic::{LogicalType, Repetition, Type as PhysicalType};
 use parquet::data_type::{ByteArray, ByteArrayType};
 use parquet::file::properties::WriterProperties;
@@ -453,4 +454,39 @@ fn input_ids_round_trip() {
     write_shard(&p, vec![s.clone()], small_groups(4)).unwrap();
     let got = drain(&mut reader(vec![p], OnBad::Error)).unwrap();
     assert_eq!(got[0].1, s);
+}
+
+#[test]
+fn dictionary_string_columns_are_read_as_strings() {
+    // pandas/polars categoricals and pyarrow `dictionary_encode` store an Arrow schema with
+    // `Dictionary<K, Utf8 | LargeUtf8>`: the reader takes the strings.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("dict.parquet");
+    let kind: DictionaryArray<Int8Type> = vec!["general", "has", "general"].into_iter().collect();
+    let source = DictionaryArray::<UInt32Type>::try_new(
+        vec![1u32, 0, 1].into(),
+        Arc::new(LargeStringArray::from(vec!["web", "gen"])),
+    )
+    .unwrap();
+    write_batch(
+        &p,
+        vec![
+            ("id", str_col(&["a", "b", "c"]), false),
+            ("kind", Arc::new(kind), false),
+            ("source", Arc::new(source), false),
+            ("text", str_col(&["x", "y", "z"]), true),
+        ],
+    );
+    let got = drain(&mut reader(vec![p.clone()], OnBad::Error)).unwrap();
+    let kinds: Vec<(&str, &str)> = got
+        .iter()
+        .map(|(_, s)| (s.kind.as_str(), s.source.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [("general", "gen"), ("has", "web"), ("general", "gen")]
+    );
+    assert_eq!(got[2].1.content, Content::Text("z".into()));
+    let again = ParquetShard::open(&p).unwrap().read_row(0, 1).unwrap();
+    assert_eq!(again, got[1].1);
 }

@@ -18,7 +18,9 @@
 //! separator per document, padding excluded):
 //! - `tokenize serial` / `tokenize batch`: the tokenizer alone over all documents in memory
 //!   (one `encode` per document; `encode_batch_fast` over rayon's threads) — the ceilings;
-//! - `text -> loader (concat|best_fit)`: `Loader` over the text shards, one epoch;
+//! - `text -> loader (concat|best_fit)`: `Loader` over the text shards, one epoch (then a
+//!   check that its first rows and state equal those of a loader reading one document at a
+//!   time, i.e. that batched, parallel tokenization changes nothing);
 //! - `input_ids -> loader (best_fit|concat)`: `Loader` over the pre-tokenized shards,
 //!   repeated epochs until `--ids-tokens` tokens are packed.
 //!
@@ -46,6 +48,8 @@ use serde_json::json;
 const GENERATOR_VERSION: u32 = 1;
 const SEED: u64 = 20_250_611;
 const SHARDS: usize = 8;
+/// Rows compared between batched and one-by-one tokenization.
+const VERIFY_ROWS: usize = 100;
 
 struct Args {
     data_dir: PathBuf,
@@ -437,18 +441,45 @@ fn main() {
     }
 
     if want("text") {
-        for mode in [PackMode::Concat, PackMode::BestFit] {
+        let text_cfg = |mode: PackMode| {
             let mut cfg = LoaderConfig::new(
                 args.seq_len,
                 1,
                 vec![source("text", &text_dir, OnExhausted::Stop)],
             );
             cfg.packing = mode;
+            cfg
+        };
+        for mode in [PackMode::Concat, PackMode::BestFit] {
             let name = format!("text -> loader ({})", mode_name(mode));
-            let m = run_loader(&name, cfg, tok.clone(), u64::MAX);
+            let m = run_loader(&name, text_cfg(mode), tok.clone(), u64::MAX);
             m.print();
             results.push(m);
         }
+        // The batched, parallel tokenization must not change anything: the first rows and
+        // the state after them equal those of a loader reading one document at a time.
+        let mut one_by_one = text_cfg(PackMode::BestFit);
+        one_by_one.read_batch_rows = 1;
+        let mut a = Loader::open(one_by_one, tok.clone(), DataParallel::SINGLE).expect("open");
+        let mut b = Loader::open(
+            text_cfg(PackMode::BestFit),
+            tok.clone(),
+            DataParallel::SINGLE,
+        )
+        .expect("open");
+        for _ in 0..VERIFY_ROWS {
+            let (x, y) = (
+                a.next_sequence().expect("row"),
+                b.next_sequence().expect("row"),
+            );
+            assert_eq!(x, y, "batched tokenization changed a row");
+        }
+        assert_eq!(
+            a.state(),
+            b.state(),
+            "batched tokenization changed the state"
+        );
+        println!("check: first {VERIFY_ROWS} rows and state equal with one-by-one reading");
     }
 
     if want("ids") {

@@ -90,22 +90,14 @@ impl Encoder for HfTokenizer {
             .map_err(|e| DataError::Tokenizer(e.to_string()))
     }
 
-    /// `encode_batch_fast` of HF `tokenizers`: the texts are tokenized in parallel on rayon's
-    /// global pool (all cores unless `RAYON_NUM_THREADS` or `TOKENIZERS_PARALLELISM=false`
-    /// say otherwise). Each text goes through the same `encode_fast` as [`Self::encode`];
-    /// batch padding, the only difference, is configured off in Qwen3's tokenizer.json and
-    /// checked here. On an error the texts are encoded one by one, so that each item gets
-    /// its own result.
+    /// The texts are encoded in parallel on rayon's global pool, through HF `tokenizers`' own
+    /// parallelism switch (all cores unless `RAYON_NUM_THREADS` or
+    /// `TOKENIZERS_PARALLELISM=false` say otherwise). Each item is [`Self::encode`] itself,
+    /// run on a worker thread, so only the ids come back (the `Encoding` is freed where it
+    /// was built).
     fn encode_batch(&self, texts: &[&str]) -> Vec<Result<Vec<u32>>> {
-        if texts.len() > 1 && self.inner.get_padding().is_none() {
-            if let Ok(encodings) = self.inner.encode_batch_fast(texts.to_vec(), false) {
-                return encodings
-                    .into_iter()
-                    .map(|e| Ok(e.get_ids().to_vec()))
-                    .collect();
-            }
-        }
-        texts.iter().map(|t| self.encode(t)).collect()
+        use tokenizers::parallelism::MaybeParallelRefIterator;
+        texts.maybe_par_iter().map(|t| self.encode(t)).collect()
     }
 
     fn fingerprint(&self) -> u64 {

@@ -1,4 +1,5 @@
-//! The command line: `agentcpt model info|forward|init|convert` and `agentcpt generate`.
+//! The command line: `agentcpt model info|forward|init|convert`, `generate`, `recipe`, `data`
+//! and `report`.
 
 use std::path::PathBuf;
 
@@ -44,6 +45,17 @@ pub enum Command {
     /// Import, inspect, tokenize and preview training data.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Charts of a run's metrics.jsonl (loss, throughput, optimiser, expert load) as PNG and SVG.
+    Report {
+        /// The run directory (holding metrics.jsonl).
+        run_dir: PathBuf,
+        /// Where the charts go (default: RUN_DIR/report).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// TrueType font for the labels (default: a system font such as DejaVu Sans).
+        #[arg(long)]
+        font: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -247,6 +259,13 @@ pub fn run(cli: Cli) -> Result<()> {
             commands::model::convert(&model, &out, &options, &device.device()?)
         }
         Command::Data(command) => run_data(command),
+        Command::Report { run_dir, out, font } => {
+            let out = out.unwrap_or_else(|| run_dir.join("report"));
+            for path in crate::report::write(&run_dir, &out, font.as_deref())? {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
         Command::Recipe {
             recipe,
             dry_run,

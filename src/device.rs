@@ -44,16 +44,57 @@ pub fn parse_dtype(s: &str) -> Result<FloatDType> {
     })
 }
 
+/// The compute dtype a device gets when none is asked for.
+pub fn default_dtype(spec: &DeviceSpec) -> FloatDType {
+    match spec {
+        DeviceSpec::Cuda(_) => FloatDType::BF16,
+        DeviceSpec::Auto if cfg!(feature = "cuda") => FloatDType::BF16,
+        _ => FloatDType::F32,
+    }
+}
+
+/// Dense bf16 peaks (TFLOP/s, SXM parts; no sparsity figures) of common NVIDIA GPUs, looked
+/// up by the name `nvidia-smi` reports. MFU needs the peak of the dtype actually computed in,
+/// so only bf16 on CUDA is recognised; other setups name their peak in the recipe.
+const BF16_PEAKS: [(&str, f64); 5] = [
+    ("B200", 2250.0),
+    ("H200", 989.0),
+    ("H100", 989.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+];
+
+pub fn known_peak_tflops(spec: &DeviceSpec, dtype: FloatDType) -> Option<f64> {
+    let index = match spec {
+        DeviceSpec::Cuda(i) => *i,
+        DeviceSpec::Auto if cfg!(feature = "cuda") => 0,
+        _ => return None,
+    };
+    if dtype != FloatDType::BF16 {
+        return None;
+    }
+    let out = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=name", "--format=csv,noheader"])
+        .output()
+        .ok()?;
+    let names = String::from_utf8(out.stdout).ok()?;
+    let name = names.lines().nth(index)?;
+    BF16_PEAKS
+        .iter()
+        .find(|(model, _)| name.contains(model))
+        .map(|(_, peak)| *peak)
+}
+
 /// Resolves `spec` to a configured device; `auto` prefers CUDA, then wgpu, then the CPU.
 pub fn select(spec: &DeviceSpec, dtype: Option<FloatDType>) -> Result<Device> {
-    let (mut device, default_dtype) = match spec {
+    let mut device = match spec {
         DeviceSpec::Auto if cfg!(feature = "cuda") => return select(&DeviceSpec::Cuda(0), dtype),
         DeviceSpec::Auto if cfg!(feature = "wgpu") => return select(&DeviceSpec::Wgpu, dtype),
-        DeviceSpec::Auto | DeviceSpec::Cpu => (cpu()?, FloatDType::F32),
-        DeviceSpec::Wgpu => (wgpu()?, FloatDType::F32),
-        DeviceSpec::Cuda(i) => (cuda(*i)?, FloatDType::BF16),
+        DeviceSpec::Auto | DeviceSpec::Cpu => cpu()?,
+        DeviceSpec::Wgpu => wgpu()?,
+        DeviceSpec::Cuda(i) => cuda(*i)?,
     };
-    let dtype = dtype.unwrap_or(default_dtype);
+    let dtype = dtype.unwrap_or(default_dtype(spec));
     if !device.supports_dtype(dtype) {
         bail!("device {device:?} does not support {dtype:?} arithmetic; use --dtype f32");
     }

@@ -5,4 +5,5 @@ pub mod cli;
 pub mod commands;
 pub mod device;
 pub mod recipe;
+pub mod report;
 pub mod train;

@@ -33,6 +33,17 @@ pub struct Recipe {
     pub eval: Option<EvalSection>,
     #[serde(default)]
     pub runtime: RuntimeSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+/// Where metrics go besides `metrics.jsonl`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Also write TensorBoard event files to `<run dir>/tensorboard/`.
+    #[serde(default)]
+    pub tensorboard: bool,
 }
 
 /// Held-out sources scored every `every` steps on the same `batches` micro-batches.
@@ -82,7 +93,9 @@ pub struct ModelSection {
     /// Checkpoint or run directory (for `pretrained` and `checkpoint`).
     #[serde(default)]
     pub path: Option<PathBuf>,
-    /// Compute dtype (f32, bf16, f16); default bf16 on CUDA, f32 elsewhere.
+    /// Compute dtype (f32, bf16, f16): forward and backward run on a copy of the weights in
+    /// this dtype, while the master weights and AdamW moments stay f32. Default bf16 on CUDA,
+    /// f32 elsewhere.
     #[serde(default)]
     pub dtype: Option<String>,
     /// Replaces the config's rope scaling (stage 2 switches YaRN on), in the form of
@@ -132,6 +145,9 @@ pub struct LossSection {
     /// Load-balancing loss coefficient; the model config's `router_aux_loss_coef` when absent.
     #[serde(default)]
     pub aux_loss_coef: Option<f64>,
+    /// Router z-loss coefficient (ST-MoE; 1e-3 is the usual value); off when absent.
+    #[serde(default)]
+    pub router_z_loss_coef: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -164,6 +180,13 @@ pub struct RuntimeSection {
     /// auto, cpu, wgpu, cuda or cuda:N.
     #[serde(default = "auto")]
     pub device: String,
+    /// CPU threads for the compute and tokenizer pools; all cores when absent.
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// The device's dense peak in TFLOP/s at the compute dtype, for MFU. Known NVIDIA GPUs
+    /// are recognised with bf16; elsewhere MFU is logged only when this is given.
+    #[serde(default)]
+    pub peak_tflops: Option<f64>,
 }
 
 fn auto() -> String {
@@ -172,7 +195,11 @@ fn auto() -> String {
 
 impl Default for RuntimeSection {
     fn default() -> Self {
-        Self { device: auto() }
+        Self {
+            device: auto(),
+            threads: None,
+            peak_tflops: None,
+        }
     }
 }
 
@@ -334,6 +361,26 @@ impl LoadedRecipe {
             ));
         }
         r.schedule.validate().map_err(|m| self.err("schedule", m))?;
+        for (key, value) in [
+            ("loss.aux_loss_coef", r.loss.aux_loss_coef),
+            ("loss.router_z_loss_coef", r.loss.router_z_loss_coef),
+        ] {
+            if value.is_some_and(|v| !(v >= 0.0 && v.is_finite())) {
+                return Err(self.err(key, "must be a finite number ≥ 0"));
+            }
+        }
+        if r.runtime
+            .peak_tflops
+            .is_some_and(|v| !(v > 0.0 && v.is_finite()))
+        {
+            return Err(self.err("runtime.peak_tflops", "must be a positive number"));
+        }
+        if r.runtime.threads == Some(0) {
+            return Err(self.err("runtime.threads", "must be at least 1"));
+        }
+        if let Some(dtype) = &r.model.dtype {
+            crate::device::parse_dtype(dtype).map_err(|m| self.err("model.dtype", m))?;
+        }
         if let Some(scaling) = &r.model.rope_scaling {
             RopeScaling::from_json(scaling, r.data.seq_len)
                 .map_err(|m| self.err("model.rope_scaling", m))?;

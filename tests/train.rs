@@ -1,5 +1,5 @@
 //! The trainer as users run it: the tiny curriculum, exact resume after `kill -9`, the
-//! non-finite policy and recipe validation.
+//! non-finite policy, mixed precision, recipe validation, TensorBoard files and reports.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -66,6 +66,7 @@ fn tiny_curriculum_runs_stage1_then_stage2() {
         &[
             format!("run.output_dir=\"{}\"", stage1.display()),
             "train.steps=12".into(),
+            "metrics.tensorboard=true".into(),
         ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
@@ -82,6 +83,21 @@ fn tiny_curriculum_runs_stage1_then_stage2() {
         .unwrap()
         .collect();
     assert_eq!(checkpoints.len(), 2, "keep = 2");
+    let events: Vec<_> = std::fs::read_dir(stage1.join("tensorboard"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(events.len(), 1);
+    let scalars = std::fs::read(&events[0]).unwrap();
+    let mut loss = vec![0x0a, 4];
+    loss.extend_from_slice(b"loss");
+    loss.push(0x15);
+    loss.extend_from_slice(&(last as f32).to_le_bytes());
+    assert!(
+        scalars.windows(loss.len()).any(|w| w == loss.as_slice()),
+        "the last step's loss is in the event file"
+    );
+    assert_report(&stage1);
 
     let stage2 = tmp.path().join("stage2");
     let o = train(
@@ -268,4 +284,88 @@ fn dry_run_validates_the_model_against_the_recipe() {
         "{}",
         stderr(&o)
     );
+}
+
+/// `agentcpt report` draws every chart, as a PNG of the default size and an SVG with labels.
+fn assert_report(run: &Path) {
+    let out = run.join("charts");
+    let o = agentcpt(&[
+        "report",
+        run.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for chart in ["loss", "throughput", "optimizer", "expert_load"] {
+        let png = std::fs::read(out.join(format!("{chart}.png"))).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{chart}.png");
+        let (width, height) = (
+            u32::from_be_bytes(png[16..20].try_into().unwrap()),
+            u32::from_be_bytes(png[20..24].try_into().unwrap()),
+        );
+        assert_eq!((width, height), (1000, 700), "{chart}.png");
+        let svg = std::fs::read_to_string(out.join(format!("{chart}.svg"))).unwrap();
+        assert!(
+            svg.contains("<svg") && svg.contains("</svg>"),
+            "{chart}.svg"
+        );
+    }
+    let loss = std::fs::read_to_string(out.join("loss.svg")).unwrap();
+    assert!(loss.contains("held-out: heldout") && loss.contains("train: has"));
+    assert!(loss.matches("<polyline").count() >= 5, "train + 4 sources");
+}
+
+#[test]
+fn report_names_the_line_of_a_bad_metrics_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("metrics.jsonl"),
+        "{\"step\": 1, \"loss\": 2.0}\n{\"step\": 2, \"loss\": \n",
+    )
+    .unwrap();
+    let o = agentcpt(&["report", tmp.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("metrics.jsonl:2"), "{}", stderr(&o));
+    let o = agentcpt(&["report", tmp.path().join("missing").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("cannot read"), "{}", stderr(&o));
+}
+
+/// bf16 compute on f32 master weights: close to the f32 run but not identical to it, the
+/// checkpoint holds f32 weights, and the router z-loss is logged.
+#[test]
+fn mixed_precision_trains_bf16_on_f32_master_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |name: &str, extra: &[&str]| {
+        let dir = tmp.path().join(name);
+        let mut sets = stage1_sets(&dir, 6);
+        sets.push("checkpoint.every=0".into());
+        sets.extend(extra.iter().map(|s| s.to_string()));
+        let o = train(&recipe("tiny-stage1.toml"), &sets);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let records = metrics(&dir);
+        (dir, records)
+    };
+    let (_, f32_run) = run("f32", &[]);
+    let (dir, bf16_run) = run(
+        "bf16",
+        &["model.dtype=\"bf16\"", "loss.router_z_loss_coef=0.001"],
+    );
+    let loss = |m: &[Value], i: usize| m[i]["loss"].as_f64().unwrap();
+    let first_gap = (loss(&bf16_run, 0) - loss(&f32_run, 0)).abs();
+    assert!(
+        first_gap > 0.0 && first_gap < 0.02,
+        "step 1 loss differs from f32 by {first_gap}"
+    );
+    assert!(loss(&bf16_run, 5) < loss(&bf16_run, 0) - 0.3, "loss falls");
+    let z = bf16_run[0]["z_loss"].as_f64().unwrap();
+    assert!(z.is_finite() && z > 0.0);
+    assert!(f32_run[0]["z_loss"].is_null(), "off unless asked for");
+    let bytes =
+        std::fs::read(dir.join("checkpoints/step-00000006/model/model.safetensors")).unwrap();
+    let weights = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert!(weights
+        .tensors()
+        .iter()
+        .all(|(_, t)| t.dtype() == safetensors::Dtype::F32));
 }

@@ -141,21 +141,10 @@ impl SplitMix64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Qwen3Config;
 
     fn tiny_moe(device: &Device) -> Qwen3 {
-        let cfg = serde_json::json!({
-            "model_type": "qwen3_moe", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 48,
-            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8,
-            "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 64,
-            "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
-            "initializer_range": 0.2
-        });
         device.seed(17);
-        Qwen3::random(
-            Qwen3Config::from_json(cfg, std::path::Path::new("tiny")).unwrap(),
-            device,
-        )
+        Qwen3::random(crate::model::tests::tiny_moe_config(), device)
     }
 
     /// Decoding with the cache must pick what a full forward over the whole sequence picks.

@@ -33,6 +33,15 @@ pub struct LossOutput {
     pub total: Tensor<1>,
 }
 
+/// `log Σ_j exp(x[i, j])` per row, shifted by the row maximum for stability.
+///
+/// # Shapes
+/// - x: `[N, V]` → `[N, 1]`
+pub fn log_sum_exp(x: Tensor<2>) -> Tensor<2> {
+    let max = x.clone().max_dim(1).detach();
+    x.sub(max.clone()).exp().sum_dim(1).log().add(max)
+}
+
 /// # Shapes
 /// - logits: `[B, S, V]`, labels: `[B, S]` (unshifted; position t is scored on labels[t+1])
 pub fn causal_lm_loss(logits: Tensor<3>, labels: Tensor<2, Int>) -> CrossEntropy {
@@ -45,14 +54,7 @@ pub fn causal_lm_loss(logits: Tensor<3>, labels: Tensor<2, Int>) -> CrossEntropy
     let targets = labels.narrow(1, 1, s - 1).reshape([n, 1]);
     let counted = targets.clone().not_equal_elem(IGNORE_INDEX);
     let safe_targets = targets.mask_fill(counted.clone().bool_not(), 0);
-    let max = logits.clone().max_dim(1).detach();
-    let lse = logits
-        .clone()
-        .sub(max.clone())
-        .exp()
-        .sum_dim(1)
-        .log()
-        .add(max);
+    let lse = log_sum_exp(logits.clone());
     let target_logit = logits.gather(1, safe_targets);
     let weight = counted.float().cast(FloatDType::F32);
     let per_token = lse

@@ -5,6 +5,7 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::softmax;
 use burn::tensor::{FloatDType, IndexingUpdateOp, Int, Tensor};
 
+use crate::loss::log_sum_exp;
 use crate::mlp::{project, Mlp};
 use crate::rope::float_dtype;
 
@@ -20,6 +21,8 @@ pub struct SparseMoe {
 /// What the router did in one layer; the load-balancing loss and expert-load metrics use it.
 #[derive(Debug, Clone)]
 pub struct RouterStats {
+    /// Router logits `[T, E]`, f32, differentiable (the z-loss penalises their log-sum-exp).
+    pub logits: Tensor<2>,
     /// Router probabilities `[T, E]`, f32, differentiable.
     pub probs: Tensor<2>,
     /// Tokens sent to each expert `[E]` (each token counts once per chosen expert).
@@ -40,7 +43,8 @@ impl SparseMoe {
         let dtype = float_dtype(x.dtype());
         let x = x.reshape([t, hidden]);
 
-        let probs = softmax(project(x.clone(), &self.gate).cast(FloatDType::F32), 1);
+        let logits = project(x.clone(), &self.gate).cast(FloatDType::F32);
+        let probs = softmax(logits.clone(), 1);
         let (weights, chosen) = probs.clone().topk_with_indices(k, 1);
         let weights = if self.norm_topk_prob {
             weights.clone().div(weights.sum_dim(1))
@@ -90,7 +94,14 @@ impl SparseMoe {
             .reshape([t, k, hidden])
             .sum_dim(1)
             .reshape([b, s, hidden]);
-        (y, RouterStats { probs, counts })
+        (
+            y,
+            RouterStats {
+                logits,
+                probs,
+                counts,
+            },
+        )
     }
 }
 
@@ -117,4 +128,54 @@ pub fn load_balancing_loss(stats: &[RouterStats]) -> Option<Tensor<1>> {
             .sum()
             .mul_scalar(e as f64),
     )
+}
+
+/// The router z-loss of ST-MoE (Zoph et al., 2022): the mean over every routed row of every
+/// MoE layer of `(log Σ_e exp(logit_e))²`. It keeps router logits small, which keeps the
+/// softmax well conditioned in low precision. Not part of transformers' Qwen3-MoE loss.
+pub fn router_z_loss(stats: &[RouterStats]) -> Option<Tensor<1>> {
+    let rows: usize = stats.iter().map(|s| s.logits.dims()[0]).sum();
+    let total = stats
+        .iter()
+        .map(|s| log_sum_exp(s.logits.clone()).powi_scalar(2).sum())
+        .reduce(|a, b| a.add(b))?;
+    Some(total.div_scalar(rows as f64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, TensorData};
+
+    #[test]
+    fn z_loss_is_the_mean_squared_log_sum_exp_over_all_layers() {
+        let device = Device::flex();
+        let rows = [[1.0f32, 2.0, -0.5], [0.0, 0.0, 3.0], [-2.0, 4.0, 1.0]];
+        let layer = |r: &[[f32; 3]]| {
+            let logits = Tensor::<2>::from_data(TensorData::new(r.concat(), [r.len(), 3]), &device);
+            RouterStats {
+                probs: softmax(logits.clone(), 1),
+                counts: Tensor::zeros([3], &device),
+                logits,
+            }
+        };
+        let stats = [layer(&rows[..2]), layer(&rows[2..])];
+        let expected: f64 = rows
+            .iter()
+            .map(|r| {
+                r.iter()
+                    .map(|&v| (v as f64).exp())
+                    .sum::<f64>()
+                    .ln()
+                    .powi(2)
+            })
+            .sum::<f64>()
+            / 3.0;
+        let got: f64 = router_z_loss(&stats).unwrap().into_scalar::<f64>();
+        assert!(
+            (got - expected).abs() < 1e-5 * expected,
+            "{got} vs {expected}"
+        );
+        assert!(router_z_loss(&[]).is_none());
+    }
 }

@@ -4,11 +4,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use agentcpt_datasets::{DataParallel, Loader};
+use agentcpt_model::burn::tensor::FloatDType;
 use agentcpt_model::info::{billions, human_bytes, param_counts, training_memory};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::device::{parse_dtype, select, DeviceSpec};
+use crate::device::{default_dtype, known_peak_tflops, parse_dtype, select, DeviceSpec};
 use crate::recipe::LoadedRecipe;
 use crate::train::trainer::{check_compatibility, model_config, Outcome, Trainer};
 
@@ -54,33 +55,69 @@ pub fn dry_run(recipe: &LoadedRecipe) -> Result<()> {
         r.optimizer.max_grad_norm,
         r.schedule
     );
-    let memory = training_memory(&config, r.data.seq_len, r.train.micro_batch, 4);
+    let compute_dtype = compute_dtype(recipe)?;
+    let bytes = if compute_dtype == FloatDType::F32 {
+        4
+    } else {
+        2
+    };
+    let memory = training_memory(&config, r.data.seq_len, r.train.micro_batch, bytes);
     println!(
-        "memory        ≈ {} per step (f32; see `agentcpt model info`)",
+        "memory        ≈ {} per step ({compute_dtype:?} compute on f32 master weights; see `agentcpt model info`)",
         human_bytes(memory.total())
     );
     println!("ok: the recipe is valid");
     Ok(())
 }
 
-/// Trains the recipe; Ctrl-C writes a checkpoint and exits cleanly.
-pub fn train(recipe: LoadedRecipe, fresh: bool) -> Result<()> {
-    let spec: DeviceSpec = recipe
+fn device_spec(recipe: &LoadedRecipe) -> Result<DeviceSpec> {
+    recipe
         .recipe
         .runtime
         .device
         .parse()
-        .with_context(|| format!("{}: `runtime.device`", recipe.path.display()))?;
-    let dtype = recipe
+        .with_context(|| format!("{}: `runtime.device`", recipe.path.display()))
+}
+
+/// `model.dtype`, or the device's default.
+fn compute_dtype(recipe: &LoadedRecipe) -> Result<FloatDType> {
+    match recipe.recipe.model.dtype.as_deref() {
+        Some(d) => parse_dtype(d),
+        None => Ok(default_dtype(&device_spec(recipe)?)),
+    }
+}
+
+/// Trains the recipe; Ctrl-C writes a checkpoint and exits cleanly.
+pub fn train(recipe: LoadedRecipe, fresh: bool) -> Result<()> {
+    let spec = device_spec(&recipe)?;
+    if let Some(threads) = recipe.recipe.runtime.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .with_context(|| format!("{}: `runtime.threads`", recipe.path.display()))?;
+    }
+    let compute_dtype = compute_dtype(&recipe)?;
+    // Master weights and optimizer state are f32 whatever the compute dtype.
+    let device = select(&spec, Some(FloatDType::F32))?;
+    if !device.supports_dtype(compute_dtype) {
+        bail!(
+            "{}: `model.dtype`: {device:?} cannot compute in {compute_dtype:?}",
+            recipe.path.display()
+        );
+    }
+    let peak_tflops = recipe
         .recipe
-        .model
-        .dtype
-        .as_deref()
-        .map(parse_dtype)
-        .transpose()?;
-    let device = select(&spec, dtype)?.autodiff();
+        .runtime
+        .peak_tflops
+        .or_else(|| known_peak_tflops(&spec, compute_dtype));
+    eprintln!(
+        "compute {compute_dtype:?}, master weights f32; MFU against {}",
+        peak_tflops.map_or("nothing (set `runtime.peak_tflops`)".into(), |p| format!(
+            "a {p} TFLOP/s peak"
+        ))
+    );
     let total = recipe.total_steps();
-    let mut trainer = Trainer::new(recipe, device, fresh)?;
+    let mut trainer = Trainer::new(recipe, device.autodiff(), compute_dtype, peak_tflops, fresh)?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))

@@ -4,4 +4,5 @@ pub mod checkpoint;
 pub mod metrics;
 pub mod optimizer;
 pub mod schedule;
+pub mod tensorboard;
 pub mod trainer;

@@ -1,6 +1,7 @@
 //! The training loop: gradient accumulation with a token-weighted loss, global-norm
-//! clipping, AdamW with f32 moments, the LR schedule, the MoE aux loss, step checkpoints with
-//! exact resume, a non-finite policy and per-step metrics.
+//! clipping, AdamW on f32 master weights (forward and backward in the compute dtype), the LR
+//! schedule, the MoE aux and router z-losses, step checkpoints with exact resume, a
+//! non-finite policy and per-step metrics.
 //!
 //! burn-train's `Learner` checkpoints per epoch and has no place for the data loader's
 //! state, so the loop is written here on burn's autodiff directly.
@@ -12,9 +13,10 @@ use std::time::Instant;
 
 use agentcpt_datasets::{DataParallel, Loader, PackedSequence};
 use agentcpt_model::burn::module::Module;
-use agentcpt_model::burn::tensor::{Device, Int, Tensor};
+use agentcpt_model::burn::tensor::{Device, FloatDType, Int, Tensor};
 use agentcpt_model::info::param_counts;
 use agentcpt_model::model::ParamSlot;
+use agentcpt_model::moe::router_z_loss;
 use agentcpt_model::{Qwen3, Qwen3Config, RopeScaling, SequenceLayout};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
@@ -22,6 +24,7 @@ use serde_json::{json, Value};
 use super::checkpoint::{self, TrainerState, MODEL_DIR};
 use super::metrics::{peak_rss_bytes, MetricsLog};
 use super::optimizer::{clip_factor, global_norm, AdamW};
+use super::tensorboard::{scalar_tags, EventWriter};
 use crate::recipe::{LoadedRecipe, ModelInit};
 
 /// Steps listed here get a NaN in their gradient (`AGENTCPT_INJECT_NAN_STEPS=3,7`): the
@@ -45,6 +48,11 @@ pub struct Trainer {
     state: TrainerState,
     run_dir: PathBuf,
     metrics: MetricsLog,
+    tensorboard: Option<EventWriter>,
+    /// The dtype forward and backward run in; `self.model` holds the f32 master weights.
+    compute_dtype: FloatDType,
+    /// Dense peak TFLOP/s for MFU, when known.
+    peak_tflops: Option<f64>,
     aux_coef: Option<f64>,
     inject_nan: Vec<u64>,
 }
@@ -117,7 +125,14 @@ pub fn check_compatibility(recipe: &LoadedRecipe, config: &Qwen3Config) -> Resul
 
 impl Trainer {
     /// Builds the run: resumes from the newest checkpoint in the run directory unless `fresh`.
-    pub fn new(recipe: LoadedRecipe, device: Device, fresh: bool) -> Result<Self> {
+    /// `device` holds the master weights (f32); `compute_dtype` is what steps run in.
+    pub fn new(
+        recipe: LoadedRecipe,
+        device: Device,
+        compute_dtype: FloatDType,
+        peak_tflops: Option<f64>,
+        fresh: bool,
+    ) -> Result<Self> {
         let run_dir = recipe.output_dir();
         let resume_from = if fresh {
             None
@@ -187,6 +202,13 @@ impl Trainer {
             }
         };
         let metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), state.step)?;
+        let tensorboard = match recipe.recipe.metrics.tensorboard {
+            true => Some(EventWriter::create(
+                &run_dir.join("tensorboard"),
+                state.step,
+            )?),
+            false => None,
+        };
         let aux_coef = recipe
             .recipe
             .loss
@@ -205,6 +227,9 @@ impl Trainer {
             state,
             run_dir,
             metrics,
+            tensorboard,
+            compute_dtype,
+            peak_tflops,
             aux_coef,
             inject_nan,
         })
@@ -235,6 +260,9 @@ impl Trainer {
                 }
             }
             self.metrics.write(&record)?;
+            if let Some(tb) = &mut self.tensorboard {
+                tb.scalars(self.state.step, &scalar_tags(&record))?;
+            }
             on_step(&record);
             let max_skips = self.recipe.recipe.train.max_consecutive_skips;
             if self.state.consecutive_skips >= max_skips {
@@ -287,17 +315,27 @@ impl Trainer {
             .map(|s| s.name.clone())
             .collect();
         let mut grads: BTreeMap<String, (Tensor<1>, usize)> = BTreeMap::new();
-        let (mut ce_sum, mut aux_sum) = (0f64, 0f64);
+        let (mut ce_sum, mut aux_sum, mut z_sum) = (0f64, 0f64, 0f64);
+        let z_coef = self.recipe.recipe.loss.router_z_loss_coef;
         let mut source_loss: BTreeMap<String, (f64, usize)> = BTreeMap::new();
         let mut expert_tokens: Vec<Vec<i64>> = Vec::new();
         for batch in &batches {
             let (ids, labels, layout) = self.tensors(batch, &self.device)?;
-            let out = self.model.forward(ids, &layout);
-            let loss = self.model.loss(&out, labels, None);
+            // A fresh compute copy per micro-batch: backward consumes the casts' graph.
+            let model = match self.compute_dtype {
+                FloatDType::F32 => self.model.clone(),
+                dtype => self.model.compute_copy(dtype),
+            };
+            let out = model.forward(ids, &layout);
+            let loss = model.loss(&out, labels, None);
             let mut objective = loss.ce.sum.clone().div_scalar(counted.max(1) as f64);
             if let (Some(aux), Some(coef)) = (&loss.aux, self.aux_coef) {
                 objective = objective.add(aux.clone().mul_scalar(coef / accumulation as f64));
                 aux_sum += aux.clone().into_scalar::<f64>();
+            }
+            if let (Some(z), Some(coef)) = (router_z_loss(&out.router), z_coef) {
+                objective = objective.add(z.clone().mul_scalar(coef / accumulation as f64));
+                z_sum += z.into_scalar::<f64>();
             }
             ce_sum += loss.ce.sum.clone().into_scalar::<f64>();
             let per_token: Vec<f32> = loss
@@ -377,17 +415,20 @@ impl Trainer {
                     * c.num_attention_heads
                     * c.head_dim
                     * self.recipe.recipe.data.seq_len) as f64;
+        let tflops = tokens as f64 * flops_per_token / seconds / 1e12;
         Ok(json!({
             "step": step + 1,
             "loss": loss,
             "loss_per_source": source_loss.iter().map(|(k, (s, n))| (k.clone(), json!(s / (*n).max(1) as f64))).collect::<serde_json::Map<_, _>>(),
             "aux_loss": self.aux_coef.map(|_| aux_sum / accumulation as f64),
+            "z_loss": z_coef.map(|_| z_sum / accumulation as f64),
             "grad_norm": grad_norm,
             "lr": lr,
             "tokens": self.state.tokens_seen,
             "tokens_per_s": tokens as f64 / seconds,
-            "tflops": tokens as f64 * flops_per_token / seconds / 1e12,
+            "tflops": tflops,
             "flops_convention": "6·N_active + 6·L·H·D·S (causal)",
+            "mfu": self.peak_tflops.map(|peak| tflops / peak),
             "peak_rss_bytes": peak_rss_bytes(),
             "skipped": skipped,
             "skipped_steps": self.state.skipped_steps,

@@ -187,6 +187,18 @@ pub struct RuntimeSection {
     /// are recognised with bf16; elsewhere MFU is logged only when this is given.
     #[serde(default)]
     pub peak_tflops: Option<f64>,
+    /// Activation checkpointing: decoder layers per recomputed segment (1 recomputes every
+    /// layer and keeps only each layer's input; N keeps every Nth); 0 keeps all activations.
+    #[serde(default)]
+    pub recompute_every: usize,
+    /// Sequence positions per LM-head + cross-entropy chunk: logits exist for this many
+    /// positions at a time.
+    #[serde(default = "default_loss_chunk")]
+    pub loss_chunk: usize,
+}
+
+fn default_loss_chunk() -> usize {
+    1024
 }
 
 fn auto() -> String {
@@ -199,6 +211,8 @@ impl Default for RuntimeSection {
             device: auto(),
             threads: None,
             peak_tflops: None,
+            recompute_every: 0,
+            loss_chunk: default_loss_chunk(),
         }
     }
 }
@@ -374,6 +388,9 @@ impl LoadedRecipe {
             .is_some_and(|v| !(v > 0.0 && v.is_finite()))
         {
             return Err(self.err("runtime.peak_tflops", "must be a positive number"));
+        }
+        if r.runtime.loss_chunk == 0 {
+            return Err(self.err("runtime.loss_chunk", "must be at least 1"));
         }
         if r.runtime.threads == Some(0) {
             return Err(self.err("runtime.threads", "must be at least 1"));

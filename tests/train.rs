@@ -57,6 +57,16 @@ fn stage1_sets(run: &Path, steps: u64) -> Vec<String> {
     ]
 }
 
+/// Trains `steps` steps of tiny stage 1 into `dir` with checkpoints at the end only.
+fn short_run(dir: &Path, steps: u64, extra: &[&str]) -> Vec<Value> {
+    let mut sets = stage1_sets(dir, steps);
+    sets.push("checkpoint.every=0".into());
+    sets.extend(extra.iter().map(|s| s.to_string()));
+    let o = train(&recipe("tiny-stage1.toml"), &sets);
+    assert!(o.status.success(), "{}", stderr(&o));
+    metrics(dir)
+}
+
 #[test]
 fn tiny_curriculum_runs_stage1_then_stage2() {
     let tmp = tempfile::tempdir().unwrap();
@@ -336,19 +346,11 @@ fn report_names_the_line_of_a_bad_metrics_record() {
 #[test]
 fn mixed_precision_trains_bf16_on_f32_master_weights() {
     let tmp = tempfile::tempdir().unwrap();
-    let run = |name: &str, extra: &[&str]| {
-        let dir = tmp.path().join(name);
-        let mut sets = stage1_sets(&dir, 6);
-        sets.push("checkpoint.every=0".into());
-        sets.extend(extra.iter().map(|s| s.to_string()));
-        let o = train(&recipe("tiny-stage1.toml"), &sets);
-        assert!(o.status.success(), "{}", stderr(&o));
-        let records = metrics(&dir);
-        (dir, records)
-    };
-    let (_, f32_run) = run("f32", &[]);
-    let (dir, bf16_run) = run(
-        "bf16",
+    let f32_run = short_run(&tmp.path().join("f32"), 6, &[]);
+    let dir = tmp.path().join("bf16");
+    let bf16_run = short_run(
+        &dir,
+        6,
         &["model.dtype=\"bf16\"", "loss.router_z_loss_coef=0.001"],
     );
     let loss = |m: &[Value], i: usize| m[i]["loss"].as_f64().unwrap();
@@ -368,4 +370,23 @@ fn mixed_precision_trains_bf16_on_f32_master_weights() {
         .tensors()
         .iter()
         .all(|(_, t)| t.dtype() == safetensors::Dtype::F32));
+}
+
+/// Layer recomputation changes memory, not results: the loss sequence is identical; a
+/// chunked loss head changes only the order of a sum.
+#[test]
+fn recomputed_layers_and_a_chunked_loss_train_the_same() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |name: &str, extra: &[&str]| short_run(&tmp.path().join(name), 5, extra);
+    let plain = run("plain", &[]);
+    let recomputed = run("recomputed", &["runtime.recompute_every=1"]);
+    assert_eq!(trajectory(&plain), trajectory(&recomputed));
+    let chunked = run(
+        "chunked",
+        &["runtime.recompute_every=2", "runtime.loss_chunk=37"],
+    );
+    for (a, b) in plain.iter().zip(&chunked) {
+        let (a, b) = (a["loss"].as_f64().unwrap(), b["loss"].as_f64().unwrap());
+        assert!((a - b).abs() <= 1e-5 * a, "{a} vs {b}");
+    }
 }

@@ -13,7 +13,9 @@ pub mod mlp;
 pub mod model;
 pub mod moe;
 pub mod norm;
+pub mod precision;
 pub mod rope;
+pub mod step;
 pub mod weights;
 
 pub use config::{Architecture, MoeConfig, Qwen3Config};

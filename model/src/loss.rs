@@ -47,23 +47,31 @@ pub fn log_sum_exp(x: Tensor<2>) -> Tensor<2> {
 pub fn causal_lm_loss(logits: Tensor<3>, labels: Tensor<2, Int>) -> CrossEntropy {
     let [b, s, v] = logits.dims();
     let n = b * (s - 1);
-    let logits = logits
-        .narrow(1, 0, s - 1)
-        .reshape([n, v])
-        .cast(FloatDType::F32);
-    let targets = labels.narrow(1, 1, s - 1).reshape([n, 1]);
+    let logits = logits.narrow(1, 0, s - 1).reshape([n, v]);
+    let targets = labels.narrow(1, 1, s - 1).reshape([n]);
+    let (per_token, count) = token_cross_entropy(logits, targets);
+    let per_token = per_token.reshape([b, s - 1]);
+    CrossEntropy {
+        sum: per_token.clone().sum(),
+        count,
+        per_token,
+    }
+}
+
+/// −log p(target) per row in f32, 0 where the target is [`IGNORE_INDEX`], and the number of
+/// counted rows `[1]` (f32).
+///
+/// # Shapes
+/// - logits: `[N, V]`, targets: `[N]` → `[N]`
+pub fn token_cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> (Tensor<1>, Tensor<1>) {
+    let [n, _] = logits.dims();
+    let logits = logits.cast(FloatDType::F32);
+    let targets = targets.reshape([n, 1]);
     let counted = targets.clone().not_equal_elem(IGNORE_INDEX);
     let safe_targets = targets.mask_fill(counted.clone().bool_not(), 0);
     let lse = log_sum_exp(logits.clone());
     let target_logit = logits.gather(1, safe_targets);
     let weight = counted.float().cast(FloatDType::F32);
-    let per_token = lse
-        .sub(target_logit)
-        .mul(weight.clone())
-        .reshape([b, s - 1]);
-    CrossEntropy {
-        sum: per_token.clone().sum(),
-        count: weight.sum(),
-        per_token,
-    }
+    let per_token = lse.sub(target_logit).mul(weight.clone()).reshape([n]);
+    (per_token, weight.sum())
 }

@@ -2,7 +2,7 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::module::linear;
-use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::attention::{Attention, KvCache};
 use crate::config::Qwen3Config;
@@ -242,19 +242,6 @@ impl Qwen3 {
         })
     }
 
-    /// A copy whose parameters are `dtype` casts of this model's: mixed precision keeps this
-    /// model's f32 weights as the master copy and runs forward and backward on the copy.
-    /// Under autodiff the casts are part of the graph, so gradients land on the master
-    /// parameters, in f32.
-    pub fn compute_copy(&self, dtype: FloatDType) -> Self {
-        let mut copy = self.clone();
-        copy.for_each_param_mut(&mut |_, slot| match slot {
-            ParamSlot::Vector(p) => *p = Param::initialized(p.id, p.val().cast(dtype)),
-            ParamSlot::Matrix(p) => *p = Param::initialized(p.id, p.val().cast(dtype)),
-        });
-        copy
-    }
-
     /// Every parameter under its Hugging Face name, in checkpoint order.
     pub fn named_tensors(&self) -> Vec<NamedTensor> {
         let mut out = Vec::new();
@@ -477,16 +464,25 @@ impl Qwen3 {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use burn::tensor::FloatDType;
 
     /// A 2-layer, 4-expert Qwen3-MoE small enough for unit tests.
     pub(crate) fn tiny_moe_config() -> Qwen3Config {
-        let cfg = serde_json::json!({
+        tiny_moe_config_with(serde_json::json!({}))
+    }
+
+    /// [`tiny_moe_config`] with the keys of `extra` set (e.g. `tie_word_embeddings`).
+    pub(crate) fn tiny_moe_config_with(extra: serde_json::Value) -> Qwen3Config {
+        let mut cfg = serde_json::json!({
             "model_type": "qwen3_moe", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 48,
             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8,
             "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 64,
             "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
             "initializer_range": 0.2
         });
+        for (k, v) in extra.as_object().expect("an object") {
+            cfg[k] = v.clone();
+        }
         Qwen3Config::from_json(cfg, std::path::Path::new("tiny")).unwrap()
     }
 
@@ -511,7 +507,8 @@ pub(crate) mod tests {
             (logits_dtype, grad)
         };
         let (f32_dtype, reference) = grads_of(&master);
-        let (bf16_dtype, mixed) = grads_of(&master.compute_copy(FloatDType::BF16));
+        let (bf16_dtype, mixed) =
+            grads_of(&crate::precision::compute_copy(&master, FloatDType::BF16));
         assert_eq!(f32_dtype, burn::tensor::DType::F32);
         assert_eq!(bf16_dtype, burn::tensor::DType::BF16);
         let (r, m) = (reference.to_f32_vec(), mixed.to_f32_vec());

@@ -16,7 +16,8 @@ use agentcpt_model::burn::module::Module;
 use agentcpt_model::burn::tensor::{Device, FloatDType, Int, Tensor};
 use agentcpt_model::info::param_counts;
 use agentcpt_model::model::ParamSlot;
-use agentcpt_model::moe::router_z_loss;
+use agentcpt_model::step::StepOptions;
+use agentcpt_model::weights::NamedTensor;
 use agentcpt_model::{Qwen3, Qwen3Config, RopeScaling, SequenceLayout};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
@@ -319,61 +320,41 @@ impl Trainer {
         let z_coef = self.recipe.recipe.loss.router_z_loss_coef;
         let mut source_loss: BTreeMap<String, (f64, usize)> = BTreeMap::new();
         let mut expert_tokens: Vec<Vec<i64>> = Vec::new();
+        let runtime = &self.recipe.recipe.runtime;
+        let options = StepOptions {
+            recompute_every: (runtime.recompute_every > 0).then_some(runtime.recompute_every),
+            loss_chunk: runtime.loss_chunk,
+            ce_divisor: counted.max(1) as f64,
+            aux_coef: self.aux_coef.map(|c| c / accumulation as f64),
+            z_coef: z_coef.map(|c| c / accumulation as f64),
+            compute_dtype: self.compute_dtype,
+        };
         for batch in &batches {
             let (ids, labels, layout) = self.tensors(batch, &self.device)?;
-            // A fresh compute copy per micro-batch: backward consumes the casts' graph.
-            let model = match self.compute_dtype {
-                FloatDType::F32 => self.model.clone(),
-                dtype => self.model.compute_copy(dtype),
-            };
-            let out = model.forward(ids, &layout);
-            let loss = model.loss(&out, labels, None);
-            let mut objective = loss.ce.sum.clone().div_scalar(counted.max(1) as f64);
-            if let (Some(aux), Some(coef)) = (&loss.aux, self.aux_coef) {
-                objective = objective.add(aux.clone().mul_scalar(coef / accumulation as f64));
-                aux_sum += aux.clone().into_scalar::<f64>();
-            }
-            if let (Some(z), Some(coef)) = (router_z_loss(&out.router), z_coef) {
-                objective = objective.add(z.clone().mul_scalar(coef / accumulation as f64));
-                z_sum += z.into_scalar::<f64>();
-            }
-            ce_sum += loss.ce.sum.clone().into_scalar::<f64>();
-            let per_token: Vec<f32> = loss
-                .ce
-                .per_token
-                .clone()
-                .into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .expect("f32");
-            attribute_loss(batch, &per_token, &names, &mut source_loss);
-            for (layer, stats) in out.router.iter().enumerate() {
-                let counts: Vec<i64> = stats
-                    .counts
-                    .to_data()
-                    .convert::<i64>()
-                    .try_into_vec::<i64>()
-                    .expect("i64");
+            let out = self.model.loss_and_grads(ids, labels, &layout, &options);
+            ce_sum += out.ce_sum;
+            aux_sum += out.aux.unwrap_or(0.0);
+            z_sum += out.z.unwrap_or(0.0);
+            attribute_loss(batch, &out.per_token, &names, &mut source_loss);
+            for (layer, counts) in out.expert_counts.into_iter().enumerate() {
                 match expert_tokens.get_mut(layer) {
                     Some(acc) => acc.iter_mut().zip(counts).for_each(|(a, c)| *a += c),
                     None => expert_tokens.push(counts),
                 }
             }
-            let step_grads = objective.backward();
-            for param in self.model.named_tensors() {
-                let grad = param.grad(&step_grads);
-                let Some(grad) = grad else { continue };
-                let (flat, rank) = match grad {
-                    agentcpt_model::weights::NamedTensor::Vector(_, g) => (g, 1),
-                    agentcpt_model::weights::NamedTensor::Matrix(_, g) => {
+            for grad in out.grads {
+                let (name, flat, rank) = match grad {
+                    NamedTensor::Vector(name, g) => (name, g, 1),
+                    NamedTensor::Matrix(name, g) => {
                         let n: usize = g.dims().iter().product();
-                        (g.reshape([n]), 2)
+                        (name, g.reshape([n]), 2)
                     }
                 };
-                match grads.remove(param.name()) {
-                    Some((acc, _)) => grads.insert(param.name().to_string(), (acc.add(flat), rank)),
-                    None => grads.insert(param.name().to_string(), (flat, rank)),
+                let summed = match grads.remove(&name) {
+                    Some((acc, _)) => acc.add(flat),
+                    None => flat,
                 };
+                grads.insert(name, (summed, rank));
             }
         }
         let step = self.state.step;

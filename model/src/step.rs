@@ -1,0 +1,440 @@
+//! One micro-batch's loss and parameter gradients, computed in passes so that activation
+//! memory stays bounded: decoder layers are grouped into segments that are recomputed in the
+//! backward (only each segment's input is kept), and the LM head and cross-entropy are taken
+//! a chunk of positions at a time, so `[S, vocab]` logits never exist at once.
+//!
+//! Pass 1 runs the segments forward. The loss head, chunk by chunk, gives the gradient of the
+//! loss with respect to the final hidden state. Pass 2 walks the segments in reverse: each
+//! backpropagates the surrogate `Σ y ⊙ g` (whose gradient in `y` is `g`) plus its layers'
+//! share of the router losses, which yields its parameter gradients and the gradient of its
+//! input. The pooled load-balancing loss is linear in the router probabilities once the
+//! token counts of pass 1 are fixed, so it splits exactly across layers.
+
+use std::ops::Range;
+
+use burn::tensor::module::linear;
+use burn::tensor::{FloatDType, Gradients, Int, Tensor, TensorData};
+
+use crate::loss::{log_sum_exp, token_cross_entropy, IGNORE_INDEX};
+use crate::model::{DecoderLayer, Qwen3};
+use crate::moe::RouterStats;
+use crate::precision::{compute_copy, frozen_copy};
+use crate::rope::RopeTables;
+use crate::weights::NamedTensor;
+use crate::SequenceLayout;
+
+/// How a step is split into passes and how its losses are weighted.
+#[derive(Debug, Clone)]
+pub struct StepOptions {
+    /// Decoder layers per recomputed segment (1: every layer); `None` keeps every activation.
+    pub recompute_every: Option<usize>,
+    /// Sequence positions per LM-head chunk.
+    pub loss_chunk: usize,
+    /// The cross-entropy sum is divided by this: the step's number of counted targets, so
+    /// that micro-batches add up to a token-level mean.
+    pub ce_divisor: f64,
+    /// Load-balancing loss weight in the objective (already divided by the micro-batches).
+    pub aux_coef: Option<f64>,
+    /// Router z-loss weight in the objective (already divided by the micro-batches).
+    pub z_coef: Option<f64>,
+    /// Forward and backward run on casts of the (f32) parameters to this dtype.
+    pub compute_dtype: FloatDType,
+}
+
+/// What one micro-batch contributed.
+#[derive(Debug)]
+pub struct StepOutput {
+    /// Σ −log p(target) over counted targets.
+    pub ce_sum: f64,
+    /// −log p(target) per position `[B × (S − 1)]`, row-major, 0 where not counted.
+    pub per_token: Vec<f32>,
+    /// Load-balancing loss before its coefficient (MoE models).
+    pub aux: Option<f64>,
+    /// Router z-loss before its coefficient (MoE models).
+    pub z: Option<f64>,
+    /// Tokens routed to each expert, per MoE layer.
+    pub expert_counts: Vec<Vec<i64>>,
+    /// Gradients of the objective by parameter name; a tied embedding appears twice (input
+    /// and output use), to be summed.
+    pub grads: Vec<NamedTensor>,
+}
+
+/// A segment's state between the passes: its input, and when it is not recomputed its output
+/// and router stats with their graph attached (the input then requires grad).
+struct Saved {
+    input: Tensor<3>,
+    kept: Option<(Tensor<3>, Vec<RouterStats>)>,
+}
+
+/// Per MoE layer, what pass 1 learnt about routing.
+struct Routing {
+    counts: Vec<i64>,
+    prob_sums: Vec<f64>,
+    z_sum: f64,
+    rows: usize,
+}
+
+impl Qwen3 {
+    /// The objective `ce_sum / ce_divisor + aux_coef · aux + z_coef · z` and its gradient
+    /// with respect to every parameter of this model (the f32 master weights).
+    ///
+    /// # Shapes
+    /// - input_ids, labels: `[B, S]` (labels unshifted, -100 ignored)
+    pub fn loss_and_grads(
+        &self,
+        input_ids: Tensor<2, Int>,
+        labels: Tensor<2, Int>,
+        layout: &SequenceLayout,
+        options: &StepOptions,
+    ) -> StepOutput {
+        let [b, s] = input_ids.dims();
+        let dtype = options.compute_dtype;
+        let device = input_ids.device();
+        let params = self.named_tensors();
+        let group = |keep: &dyn Fn(&str) -> bool| -> Vec<NamedTensor> {
+            params.iter().filter(|p| keep(p.name())).cloned().collect()
+        };
+        let mut grads = Vec::new();
+        let collect = |from: &Gradients, group: &[NamedTensor], into: &mut Vec<NamedTensor>| {
+            into.extend(group.iter().filter_map(|p| p.grad(from)));
+        };
+
+        let ids = input_ids.reshape([b * s]);
+        let hidden = self.config.hidden_size;
+        let embed = |weight: Tensor<2>| weight.select(0, ids.clone()).reshape([b, s, hidden]);
+        let x0 = embed(frozen_copy(&self.embed_tokens, dtype).val());
+        let (inv_freq, attention_factor) = self
+            .config
+            .rope_scaling
+            .frequencies(self.config.head_dim, self.config.rope_theta);
+        let rope = RopeTables::new(&layout.positions, &inv_freq, attention_factor, x0.dtype());
+        let mask = layout.attention_mask(0);
+        let run = |layers: &[DecoderLayer], x: Tensor<3>| {
+            let mut stats = Vec::new();
+            let x = layers.iter().fold(x, |x, layer| {
+                let (y, s) = layer.forward(x, &rope, &mask, None);
+                stats.extend(s);
+                y
+            });
+            (x, stats)
+        };
+
+        // Frozen copies record nothing for autodiff; compute copies are differentiated.
+        let layer_copies = |range: &Range<usize>, frozen: bool| -> Vec<DecoderLayer> {
+            self.layers[range.clone()]
+                .iter()
+                .map(|l| match frozen {
+                    true => frozen_copy(l, dtype),
+                    false => compute_copy(l, dtype),
+                })
+                .collect()
+        };
+
+        // Pass 1.
+        let n = self.layers.len();
+        let per_segment = options.recompute_every.unwrap_or(n).max(1);
+        let segments: Vec<Range<usize>> = (0..n)
+            .step_by(per_segment)
+            .map(|a| a..(a + per_segment).min(n))
+            .collect();
+        let mut saved = Vec::with_capacity(segments.len());
+        let mut routing = Vec::new();
+        let mut x = x0;
+        for range in &segments {
+            if options.recompute_every.is_some() {
+                let (y, stats) = run(&layer_copies(range, true), x.clone());
+                routing.extend(stats.iter().map(Routing::of));
+                saved.push(Saved {
+                    input: x,
+                    kept: None,
+                });
+                x = y;
+            } else {
+                let input = x.detach().require_grad();
+                let (output, stats) = run(&layer_copies(range, false), input.clone());
+                routing.extend(stats.iter().map(Routing::of));
+                x = output.clone().detach();
+                saved.push(Saved {
+                    input,
+                    kept: Some((output, stats)),
+                });
+            }
+        }
+
+        // The loss head, a chunk of positions at a time. Position t is scored on label t + 1.
+        let targets = Tensor::cat(
+            vec![
+                labels.narrow(1, 1, s - 1),
+                Tensor::<2, Int>::full([b, 1], IGNORE_INDEX, &device),
+            ],
+            1,
+        );
+        let head_group = group(&|name| {
+            name == "model.norm.weight"
+                || name == "lm_head.weight"
+                || (self.lm_head.is_none() && name == "model.embed_tokens.weight")
+        });
+        let chunk = options.loss_chunk.max(1);
+        let (mut ce_sum, mut per_position, mut g_chunks) = (0f64, Vec::new(), Vec::new());
+        for start in (0..s).step_by(chunk) {
+            let len = chunk.min(s - start);
+            let xc = x.clone().narrow(1, start, len).detach().require_grad();
+            let norm = compute_copy(&self.norm, dtype);
+            let head = compute_copy(self.lm_head.as_ref().unwrap_or(&self.embed_tokens), dtype);
+            let logits = linear(norm.forward(xc.clone()), head.val().transpose(), None);
+            let v = logits.dims()[2];
+            let t = targets.clone().narrow(1, start, len).reshape([b * len]);
+            let (per_token, _) = token_cross_entropy(logits.reshape([b * len, v]), t);
+            let sum = per_token.clone().sum();
+            let step_grads = sum.clone().div_scalar(options.ce_divisor).backward();
+            g_chunks.push(xc.grad(&step_grads).expect("the chunk input requires grad"));
+            collect(&step_grads, &head_group, &mut grads);
+            ce_sum += sum.into_scalar::<f64>();
+            per_position.push(per_token.detach().reshape([b, len]));
+        }
+        let mut g = Tensor::cat(g_chunks, 1);
+
+        // Pass 2.
+        let moe_rows: usize = routing.iter().map(|r| r.rows).sum();
+        let pooled_counts = pooled_counts(&routing);
+        let experts = pooled_counts.len();
+        let pooled = (experts > 0).then(|| {
+            Tensor::<1>::from_data(
+                TensorData::new(pooled_counts.clone(), [experts]),
+                (&device, burn::tensor::DType::F32),
+            )
+        });
+        for (range, state) in segments.iter().zip(saved).rev() {
+            let (input, (output, stats)) = match state.kept {
+                Some(kept) => (state.input, kept),
+                None => {
+                    let input = state.input.detach().require_grad();
+                    let recomputed = run(&layer_copies(range, false), input.clone());
+                    (input, recomputed)
+                }
+            };
+            let mut surrogate = output.mul(g).cast(FloatDType::F32).sum();
+            for st in &stats {
+                if let (Some(coef), Some(pooled)) = (options.aux_coef, &pooled) {
+                    // E / rows² · Σ_e C_e · Σ_t p[t, e]: this layer's share of the pooled loss.
+                    let share = st.probs.clone().sum_dim(0).reshape([experts]);
+                    let scale = coef * experts as f64 / (moe_rows as f64).powi(2);
+                    surrogate = surrogate.add(share.mul(pooled.clone()).sum().mul_scalar(scale));
+                }
+                if let Some(coef) = options.z_coef {
+                    let z = log_sum_exp(st.logits.clone()).powi_scalar(2).sum();
+                    surrogate = surrogate.add(z.mul_scalar(coef / moe_rows as f64));
+                }
+            }
+            let step_grads = surrogate.backward();
+            g = input
+                .grad(&step_grads)
+                .expect("the segment input requires grad");
+            let layer_params = group(&|name| layer_index(name).is_some_and(|i| range.contains(&i)));
+            collect(&step_grads, &layer_params, &mut grads);
+        }
+        let embedding = embed(compute_copy(&self.embed_tokens, dtype).val());
+        let step_grads = embedding.mul(g).cast(FloatDType::F32).sum().backward();
+        collect(
+            &step_grads,
+            &group(&|name| name == "model.embed_tokens.weight"),
+            &mut grads,
+        );
+
+        // [B, S] with the last (unscored) position of each row dropped.
+        let per_position: Vec<f32> = Tensor::cat(per_position, 1)
+            .narrow(1, 0, s - 1)
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .expect("f32 losses");
+        let has_moe = !routing.is_empty();
+        StepOutput {
+            ce_sum,
+            per_token: per_position,
+            aux: has_moe.then(|| aux_value(&routing, &pooled_counts, moe_rows)),
+            z: has_moe.then(|| routing.iter().map(|r| r.z_sum).sum::<f64>() / moe_rows as f64),
+            expert_counts: routing.into_iter().map(|r| r.counts).collect(),
+            grads,
+        }
+    }
+}
+
+impl Routing {
+    /// Reads one layer's routing back to the host (it is small: `[E]` and two scalars).
+    fn of(stats: &RouterStats) -> Self {
+        let to_f64 = |t: Tensor<1>| -> Vec<f64> {
+            t.detach()
+                .into_data()
+                .convert::<f64>()
+                .try_into_vec::<f64>()
+                .expect("f64")
+        };
+        let [rows, experts] = stats.probs.dims();
+        let z = log_sum_exp(stats.logits.clone().detach())
+            .powi_scalar(2)
+            .sum();
+        Self {
+            counts: stats
+                .counts
+                .clone()
+                .into_data()
+                .convert::<i64>()
+                .try_into_vec::<i64>()
+                .expect("i64 counts"),
+            prob_sums: to_f64(stats.probs.clone().sum_dim(0).reshape([experts])),
+            z_sum: to_f64(z)[0],
+            rows,
+        }
+    }
+}
+
+/// Tokens per expert summed over every MoE layer, as f32 for the surrogate.
+fn pooled_counts(routing: &[Routing]) -> Vec<f32> {
+    let experts = routing.first().map_or(0, |r| r.counts.len());
+    (0..experts)
+        .map(|e| routing.iter().map(|r| r.counts[e]).sum::<i64>() as f32)
+        .collect()
+}
+
+/// The pooled load-balancing loss `E / rows² · Σ_e C_e · Σ_layers Σ_t p[t, e]`.
+fn aux_value(routing: &[Routing], pooled: &[f32], rows: usize) -> f64 {
+    let experts = pooled.len();
+    let sum: f64 = (0..experts)
+        .map(|e| pooled[e] as f64 * routing.iter().map(|r| r.prob_sums[e]).sum::<f64>())
+        .sum();
+    experts as f64 * sum / (rows as f64).powi(2)
+}
+
+/// `model.layers.{i}.…` → `i`.
+fn layer_index(name: &str) -> Option<usize> {
+    name.strip_prefix("model.layers.")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::tests::tiny_moe_config_with;
+    use burn::tensor::Device;
+
+    /// The plain path: one forward, materialised logits, one backward of the whole objective.
+    fn reference(
+        model: &Qwen3,
+        ids: &[Vec<i64>],
+        layout: &SequenceLayout,
+        device: &Device,
+        (aux_coef, z_coef): (f64, f64),
+    ) -> (f64, Vec<f32>, f64, f64, Vec<NamedTensor>) {
+        let out = model.forward(model.token_tensor(ids, device).unwrap(), layout);
+        let loss = model.loss(&out, model.label_tensor(ids, device).unwrap(), None);
+        let aux = loss.aux.clone().unwrap();
+        let z = crate::moe::router_z_loss(&out.router).unwrap();
+        let count = loss.ce.count.clone().into_scalar::<f64>();
+        let objective = loss
+            .ce
+            .sum
+            .clone()
+            .div_scalar(count)
+            .add(aux.clone().mul_scalar(aux_coef))
+            .add(z.clone().mul_scalar(z_coef));
+        let grads = objective.backward();
+        let named = model
+            .named_tensors()
+            .iter()
+            .filter_map(|p| p.grad(&grads))
+            .collect();
+        let per_token = loss.ce.per_token.into_data().convert::<f32>();
+        (
+            loss.ce.sum.into_scalar::<f64>(),
+            per_token.try_into_vec::<f32>().unwrap(),
+            aux.into_scalar::<f64>(),
+            z.into_scalar::<f64>(),
+            named,
+        )
+    }
+
+    fn close(what: &str, ours: &[f32], reference: &[f32], tolerance: f64) {
+        assert_eq!(ours.len(), reference.len(), "{what}: lengths");
+        let diff: f64 = ours
+            .iter()
+            .zip(reference)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum();
+        let norm: f64 = reference.iter().map(|b| (*b as f64).powi(2)).sum();
+        let rel = (diff / norm.max(1e-30)).sqrt();
+        assert!(rel <= tolerance, "{what}: relative error {rel}");
+    }
+
+    /// Recomputed segments and a chunked loss head give the plain path's loss, router losses
+    /// and gradients, for untied and tied embeddings, on packed documents.
+    #[test]
+    fn segmented_step_matches_the_plain_backward() {
+        let device = Device::flex().autodiff();
+        for tied in [false, true] {
+            device.seed(5);
+            let model = Qwen3::random(
+                tiny_moe_config_with(serde_json::json!({ "tie_word_embeddings": tied })),
+                &device,
+            );
+            let ids: Vec<Vec<i64>> = (0..2)
+                .map(|r| (0..12).map(|i| (i * 5 + r * 11 + 1) % 64).collect())
+                .collect();
+            let layout =
+                SequenceLayout::from_document_lengths(&[vec![5, 7], vec![12]], 12, &device)
+                    .unwrap();
+            let coefs = (0.01, 0.001);
+            let (ce, per_token, aux, z, grads) = reference(&model, &ids, &layout, &device, coefs);
+            for (recompute_every, loss_chunk) in [(None, 12), (Some(1), 5), (Some(2), 1)] {
+                let options = StepOptions {
+                    recompute_every,
+                    loss_chunk,
+                    ce_divisor: 22.0,
+                    aux_coef: Some(coefs.0),
+                    z_coef: Some(coefs.1),
+                    compute_dtype: FloatDType::F32,
+                };
+                let what =
+                    format!("tied {tied}, recompute {recompute_every:?}, chunk {loss_chunk}");
+                let out = model.loss_and_grads(
+                    model.token_tensor(&ids, &device).unwrap(),
+                    model.label_tensor(&ids, &device).unwrap(),
+                    &layout,
+                    &options,
+                );
+                assert!((out.ce_sum - ce).abs() <= 1e-5 * ce, "{what}: ce");
+                assert!((out.aux.unwrap() - aux).abs() <= 1e-5 * aux, "{what}: aux");
+                assert!((out.z.unwrap() - z).abs() <= 1e-5 * z, "{what}: z");
+                close(&what, &out.per_token, &per_token, 1e-6);
+                for expected in &grads {
+                    let ours: Vec<NamedTensor> = out
+                        .grads
+                        .iter()
+                        .filter(|g| g.name() == expected.name())
+                        .cloned()
+                        .collect();
+                    assert!(
+                        !ours.is_empty(),
+                        "{what}: no gradient for {}",
+                        expected.name()
+                    );
+                    let mut sum = vec![0f32; expected.to_f32_vec().len()];
+                    for g in &ours {
+                        sum.iter_mut()
+                            .zip(g.to_f32_vec())
+                            .for_each(|(s, v)| *s += v);
+                    }
+                    close(
+                        &format!("{what}: {}", expected.name()),
+                        &sum,
+                        &expected.to_f32_vec(),
+                        1e-4,
+                    );
+                }
+            }
+        }
+    }
+}

@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::bpe::DirectEncoder;
 use crate::error::{DataError, Result};
 use crate::rng::fnv1a;
 
@@ -37,6 +38,9 @@ pub trait Encoder: Send + Sync {
 /// The HF tokenizer loaded from a tokenizer.json (added and special tokens included).
 pub struct HfTokenizer {
     inner: tokenizers::Tokenizer,
+    /// The direct encoder, when the tokenizer.json has the Qwen2/Qwen3 shape; encoding goes
+    /// through it.
+    direct: Option<DirectEncoder>,
     fingerprint: u64,
 }
 
@@ -53,9 +57,13 @@ impl HfTokenizer {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_bytes(bytes)
             .map_err(|e| DataError::Tokenizer(e.to_string()))?;
+        let json: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| DataError::Tokenizer(e.to_string()))?;
+        let fingerprint = fnv1a(bytes);
         Ok(HfTokenizer {
+            direct: DirectEncoder::new(&json, &inner, fingerprint),
             inner,
-            fingerprint: fnv1a(bytes),
+            fingerprint,
         })
     }
 
@@ -82,12 +90,30 @@ impl HfTokenizer {
     }
 }
 
-impl Encoder for HfTokenizer {
-    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+impl HfTokenizer {
+    /// Encodes through HF `tokenizers` itself, bypassing the direct encoder: the reference
+    /// the direct path is tested against.
+    pub fn encode_reference(&self, text: &str) -> Result<Vec<u32>> {
         self.inner
             .encode_fast(text, false)
             .map(|enc| enc.get_ids().to_vec())
             .map_err(|e| DataError::Tokenizer(e.to_string()))
+    }
+
+    /// Whether encoding takes the direct path ([`crate::bpe`]).
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+}
+
+impl Encoder for HfTokenizer {
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        match &self.direct {
+            Some(direct) => direct
+                .encode(text)
+                .map_err(|e| DataError::Tokenizer(e.to_string())),
+            None => self.encode_reference(text),
+        }
     }
 
     /// The texts are encoded in parallel on rayon's global pool, through HF `tokenizers`' own
@@ -150,6 +176,68 @@ pub(crate) mod tests {
             );
         }
         HfTokenizer::from_file(&path).expect("load Qwen3 tokenizer.json")
+    }
+
+    /// The direct encoder gives HF's ids, on agent text with special tokens and on random
+    /// text over every character class (long words included).
+    #[test]
+    fn direct_encoder_matches_hf_tokenizers() {
+        let tok = qwen3();
+        assert!(tok.is_direct());
+        let pieces = [
+            "<|im_start|>",
+            "<|im_end|>",
+            "<think>",
+            "</think>",
+            "<tool_call>",
+            "{\"name\": ",
+            "\"arguments\"",
+            "Hello",
+            " world",
+            "I'm",
+            "'LL",
+            "'ſ",
+            "  ",
+            "\n\n",
+            "\r\n",
+            "\t",
+            "\u{a0}",
+            "\u{2028}",
+            "3.14",
+            "٣٤",
+            "½",
+            "中文",
+            "नमस्ते",
+            "e\u{301}",
+            "😀",
+            "https://x.org/a?b=1",
+            "    def f(x):\n",
+            "!!",
+            "...",
+            " ",
+            "\u{3000}",
+            "ﬁ",
+            "Å",
+        ];
+        // Words longer than the direct path merges itself.
+        let long_word = "Ġabc".repeat(80);
+        let long_digits_and_marks = "e\u{301}x".repeat(120);
+        let pieces: Vec<&str> = pieces
+            .into_iter()
+            .chain([long_word.as_str(), long_digits_and_marks.as_str()])
+            .collect();
+        let mut rng = crate::rng::Rng::seed_from_u64(11);
+        for _ in 0..3000 {
+            let n = rng.below(40) as usize;
+            let text: String = (0..n)
+                .map(|_| pieces[rng.below(pieces.len() as u64) as usize])
+                .collect();
+            assert_eq!(
+                tok.encode(&text).unwrap(),
+                tok.encode_reference(&text).unwrap(),
+                "{text:?}"
+            );
+        }
     }
 
     #[test]

@@ -17,7 +17,8 @@
 //! Then it measures, in tokens per second (packed tokens: document tokens plus one
 //! separator per document, padding excluded):
 //! - `tokenize serial` / `tokenize batch`: the tokenizer alone over all documents in memory
-//!   (one `encode` per document; `encode_batch_fast` over rayon's threads) — the ceilings;
+//!   (one `encode` per document; `encode_batch` over rayon's threads) — the ceilings — and
+//!   HF `tokenizers`' own `encode_batch_fast`, which the direct encoder replaces;
 //! - `text -> loader (concat|best_fit)`: `Loader` over the text shards, one epoch (then a
 //!   check that its first rows and state equal those of a loader reading one document at a
 //!   time, i.e. that batched, parallel tokenization changes nothing);
@@ -428,13 +429,30 @@ fn main() {
         let mut tokens = 0u64;
         for chunk in docs.chunks(256) {
             let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            for ids in tok.encode_batch(&refs) {
+                tokens += ids.expect("encode").len() as u64 + 1;
+            }
+        }
+        let name = format!("tokenize batch ({} rayon threads)", rayon_threads());
+        let m = clock.stop(name, tokens, 0);
+        m.print();
+        results.push(m);
+
+        // The same through HF `tokenizers` itself: what the direct encoder replaces.
+        let clock = Clock::start();
+        let mut tokens = 0u64;
+        for chunk in docs.chunks(256) {
+            let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
             let enc = tok.inner().encode_batch_fast(refs, false).expect("encode");
             tokens += enc
                 .iter()
                 .map(|e| e.get_ids().len() as u64 + 1)
                 .sum::<u64>();
         }
-        let name = format!("tokenize batch ({} rayon threads)", rayon_threads());
+        let name = format!(
+            "HF tokenizers encode_batch_fast ({} rayon threads)",
+            rayon_threads()
+        );
         let m = clock.stop(name, tokens, 0);
         m.print();
         results.push(m);

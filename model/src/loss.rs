@@ -58,6 +58,23 @@ pub fn causal_lm_loss(logits: Tensor<3>, labels: Tensor<2, Int>) -> CrossEntropy
     }
 }
 
+/// Labels moved one place left, so that position t holds the label it is scored on (t + 1);
+/// the last position gets [`IGNORE_INDEX`].
+///
+/// # Shapes
+/// - labels: `[B, S]` → `[B, S]`
+pub fn shifted_targets(labels: Tensor<2, Int>) -> Tensor<2, Int> {
+    let [b, s] = labels.dims();
+    let device = labels.device();
+    Tensor::cat(
+        vec![
+            labels.narrow(1, 1, s - 1),
+            Tensor::full([b, 1], IGNORE_INDEX, &device),
+        ],
+        1,
+    )
+}
+
 /// −log p(target) per row in f32, 0 where the target is [`IGNORE_INDEX`], and the number of
 /// counted rows `[1]` (f32).
 ///

@@ -8,7 +8,7 @@ use crate::attention::{Attention, KvCache};
 use crate::config::Qwen3Config;
 use crate::error::{ModelError, Result};
 use crate::layout::SequenceLayout;
-use crate::loss::{causal_lm_loss, LossOutput, IGNORE_INDEX};
+use crate::loss::{causal_lm_loss, shifted_targets, token_cross_entropy, LossOutput, IGNORE_INDEX};
 use crate::mlp::Mlp;
 use crate::moe::{load_balancing_loss, RouterStats, SparseMoe};
 use crate::norm::RmsNorm;
@@ -402,6 +402,52 @@ impl Qwen3 {
         &self,
         input_ids: Tensor<2, Int>,
         layout: &SequenceLayout,
+        caches: Option<&mut [KvCache]>,
+    ) -> (Tensor<3>, Vec<RouterStats>) {
+        let (x, router) = self.hidden(input_ids, layout, caches);
+        (self.head(x), router)
+    }
+
+    /// Final norm and LM head: `[B, S, hidden]` → logits `[B, S, vocab]`.
+    fn head(&self, x: Tensor<3>) -> Tensor<3> {
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        linear(self.norm.forward(x), head.val().transpose(), None)
+    }
+
+    /// −log p(label t + 1) at every position t `[B, S − 1]` (0 where ignored), with the LM
+    /// head and the loss taken `chunk` positions at a time so that `[S, vocab]` logits never
+    /// exist: evaluation at long context.
+    pub fn per_token_loss(
+        &self,
+        input_ids: Tensor<2, Int>,
+        labels: Tensor<2, Int>,
+        layout: &SequenceLayout,
+        chunk: usize,
+    ) -> Tensor<2> {
+        let (x, _) = self.hidden(input_ids, layout, None);
+        let [b, s, _] = x.dims();
+        let targets = shifted_targets(labels);
+        let chunk = chunk.max(1);
+        let losses = (0..s)
+            .step_by(chunk)
+            .map(|start| {
+                let len = chunk.min(s - start);
+                let logits = self.head(x.clone().narrow(1, start, len));
+                let v = logits.dims()[2];
+                let t = targets.clone().narrow(1, start, len).reshape([b * len]);
+                token_cross_entropy(logits.reshape([b * len, v]), t)
+                    .0
+                    .reshape([b, len])
+            })
+            .collect();
+        Tensor::cat(losses, 1).narrow(1, 0, s - 1)
+    }
+
+    /// The embeddings through every decoder layer, before the final norm.
+    fn hidden(
+        &self,
+        input_ids: Tensor<2, Int>,
+        layout: &SequenceLayout,
         mut caches: Option<&mut [KvCache]>,
     ) -> (Tensor<3>, Vec<RouterStats>) {
         let [b, s] = input_ids.dims();
@@ -428,9 +474,7 @@ impl Qwen3 {
             x = y;
             router.extend(stats);
         }
-        let x = self.norm.forward(x);
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        (linear(x, head.val().transpose(), None), router)
+        (x, router)
     }
 
     /// Causal-LM loss of `labels` (unshifted, -100 ignored) plus, for MoE models, the

@@ -15,7 +15,7 @@ use std::ops::Range;
 use burn::tensor::module::linear;
 use burn::tensor::{FloatDType, Gradients, Int, Tensor, TensorData};
 
-use crate::loss::{log_sum_exp, token_cross_entropy, IGNORE_INDEX};
+use crate::loss::{log_sum_exp, shifted_targets, token_cross_entropy};
 use crate::model::{DecoderLayer, Qwen3};
 use crate::moe::RouterStats;
 use crate::precision::{compute_copy, frozen_copy};
@@ -162,13 +162,7 @@ impl Qwen3 {
         }
 
         // The loss head, a chunk of positions at a time. Position t is scored on label t + 1.
-        let targets = Tensor::cat(
-            vec![
-                labels.narrow(1, 1, s - 1),
-                Tensor::<2, Int>::full([b, 1], IGNORE_INDEX, &device),
-            ],
-            1,
-        );
+        let targets = shifted_targets(labels);
         let head_group = group(&|name| {
             name == "model.norm.weight"
                 || name == "lm_head.weight"
@@ -319,6 +313,7 @@ fn layer_index(name: &str) -> Option<usize> {
 mod tests {
     use super::*;
     use crate::model::tests::tiny_moe_config_with;
+    use burn::module::Module;
     use burn::tensor::Device;
 
     /// The plain path: one forward, materialised logits, one backward of the whole objective.
@@ -409,6 +404,23 @@ mod tests {
                 assert!((out.aux.unwrap() - aux).abs() <= 1e-5 * aux, "{what}: aux");
                 assert!((out.z.unwrap() - z).abs() <= 1e-5 * z, "{what}: z");
                 close(&what, &out.per_token, &per_token, 1e-6);
+                let (valid, inner) = (model.valid(), device.clone().without_autodiff());
+                let eval = valid
+                    .per_token_loss(
+                        valid.token_tensor(&ids, &inner).unwrap(),
+                        valid.label_tensor(&ids, &inner).unwrap(),
+                        &SequenceLayout::from_document_lengths(&[vec![5, 7], vec![12]], 12, &inner)
+                            .unwrap(),
+                        loss_chunk,
+                    )
+                    .into_data()
+                    .convert::<f32>();
+                close(
+                    &what,
+                    &eval.try_into_vec::<f32>().unwrap(),
+                    &per_token,
+                    1e-6,
+                );
                 for expected in &grads {
                     let ours: Vec<NamedTensor> = out
                         .grads

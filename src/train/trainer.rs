@@ -442,11 +442,8 @@ impl Trainer {
                 break;
             }
             let (ids, labels, layout) = self.tensors(&batch, &model.embed_tokens.device())?;
-            let out = model.forward(ids, &layout);
-            let loss = model.loss(&out, labels, None);
-            let per_token: Vec<f32> = loss
-                .ce
-                .per_token
+            let per_token: Vec<f32> = model
+                .per_token_loss(ids, labels, &layout, self.recipe.recipe.runtime.loss_chunk)
                 .into_data()
                 .convert::<f32>()
                 .try_into_vec::<f32>()

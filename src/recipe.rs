@@ -195,6 +195,11 @@ pub struct RuntimeSection {
     /// positions at a time.
     #[serde(default = "default_loss_chunk")]
     pub loss_chunk: usize,
+    /// Blockwise, memory-linear attention with tiles of this many positions (it recomputes
+    /// each layer's attention in the backward, so it implies layer recomputation); 0
+    /// materialises the `[S, S]` scores.
+    #[serde(default)]
+    pub attention_block: usize,
 }
 
 fn default_loss_chunk() -> usize {
@@ -213,6 +218,7 @@ impl Default for RuntimeSection {
             peak_tflops: None,
             recompute_every: 0,
             loss_chunk: default_loss_chunk(),
+            attention_block: 0,
         }
     }
 }

@@ -373,9 +373,9 @@ fn mixed_precision_trains_bf16_on_f32_master_weights() {
 }
 
 /// Layer recomputation changes memory, not results: the loss sequence is identical; a
-/// chunked loss head changes only the order of a sum.
+/// chunked loss head and blockwise attention change only the order of sums.
 #[test]
-fn recomputed_layers_and_a_chunked_loss_train_the_same() {
+fn recomputed_layers_chunked_loss_and_blockwise_attention_train_the_same() {
     let tmp = tempfile::tempdir().unwrap();
     let run = |name: &str, extra: &[&str]| short_run(&tmp.path().join(name), 5, extra);
     let plain = run("plain", &[]);
@@ -385,8 +385,15 @@ fn recomputed_layers_and_a_chunked_loss_train_the_same() {
         "chunked",
         &["runtime.recompute_every=2", "runtime.loss_chunk=37"],
     );
-    for (a, b) in plain.iter().zip(&chunked) {
-        let (a, b) = (a["loss"].as_f64().unwrap(), b["loss"].as_f64().unwrap());
-        assert!((a - b).abs() <= 1e-5 * a, "{a} vs {b}");
+    let blockwise = run(
+        "blockwise",
+        &["runtime.attention_block=48", "runtime.loss_chunk=100"],
+    );
+    for other in [&chunked, &blockwise] {
+        assert_eq!(other.len(), plain.len());
+        for (a, b) in plain.iter().zip(other) {
+            let (a, b) = (a["loss"].as_f64().unwrap(), b["loss"].as_f64().unwrap());
+            assert!((a - b).abs() <= 1e-5 * a, "{a} vs {b}");
+        }
     }
 }

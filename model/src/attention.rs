@@ -55,14 +55,7 @@ impl Attention {
         mask: &Tensor<4, Bool>,
         cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
-        let [b, s, _] = x.dims();
-        let (h, kv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let q = project(x.clone(), &self.q_proj).reshape([b, s, h, d]);
-        let k = project(x.clone(), &self.k_proj).reshape([b, s, kv, d]);
-        let v = project(x, &self.v_proj).reshape([b, s, kv, d]);
-        let q = rope.apply(self.q_norm.forward(q).swap_dims(1, 2));
-        let mut k = rope.apply(self.k_norm.forward(k).swap_dims(1, 2));
-        let mut v = v.swap_dims(1, 2);
+        let (q, mut k, mut v) = self.qkv(x, rope);
         if let Some(cache) = cache {
             if let (Some(pk), Some(pv)) = (cache.keys.take(), cache.values.take()) {
                 k = Tensor::cat(vec![pk, k], 2);
@@ -71,7 +64,30 @@ impl Attention {
             cache.keys = Some(k.clone());
             cache.values = Some(v.clone());
         }
-        let out = attend(q, k, v, mask);
+        self.output(attend(q, k, v, mask))
+    }
+
+    /// Queries, keys and values after QK-norm and RoPE.
+    ///
+    /// # Shapes
+    /// - x: `[B, S, hidden]` → q `[B, H, S, D]`, k and v `[B, K, S, D]`
+    pub fn qkv(&self, x: Tensor<3>, rope: &RopeTables) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+        let [b, s, _] = x.dims();
+        let (h, kv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let q = project(x.clone(), &self.q_proj).reshape([b, s, h, d]);
+        let k = project(x.clone(), &self.k_proj).reshape([b, s, kv, d]);
+        let v = project(x, &self.v_proj).reshape([b, s, kv, d]);
+        let q = rope.apply(self.q_norm.forward(q).swap_dims(1, 2));
+        let k = rope.apply(self.k_norm.forward(k).swap_dims(1, 2));
+        (q, k, v.swap_dims(1, 2))
+    }
+
+    /// The output projection of the heads' results.
+    ///
+    /// # Shapes
+    /// - out: `[B, H, S, D]` → `[B, S, hidden]`
+    pub fn output(&self, out: Tensor<4>) -> Tensor<3> {
+        let [b, h, s, d] = out.dims();
         project(out.swap_dims(1, 2).reshape([b, s, h * d]), &self.o_proj)
     }
 }

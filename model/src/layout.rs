@@ -12,6 +12,9 @@ pub struct SequenceLayout {
     pub documents: Tensor<2, Int>,
     /// Largest position in the batch (bounds the rope tables and the config check).
     pub max_position: usize,
+    /// For every index t, the first index any row lets t attend to (the start of t's
+    /// document, minimised over rows): blockwise attention skips the key blocks before it.
+    pub earliest_key: Vec<usize>,
 }
 
 impl SequenceLayout {
@@ -90,10 +93,22 @@ impl SequenceLayout {
 
     fn build(positions: Vec<i64>, documents: Vec<i64>, shape: [usize; 2], device: &Device) -> Self {
         let max_position = positions.iter().copied().max().unwrap_or(0) as usize;
+        let [rows, len] = shape;
+        let mut earliest_key: Vec<usize> = (0..len).collect();
+        for row in documents.chunks(len.max(1)).take(rows) {
+            let mut start = 0;
+            for t in 0..len {
+                if t > 0 && row[t] != row[t - 1] {
+                    start = t;
+                }
+                earliest_key[t] = earliest_key[t].min(start);
+            }
+        }
         Self {
             positions: Tensor::from_data(TensorData::new(positions, shape), device),
             documents: Tensor::from_data(TensorData::new(documents, shape), device),
             max_position,
+            earliest_key,
         }
     }
 

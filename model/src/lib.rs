@@ -5,6 +5,7 @@
 pub mod attention;
 pub mod config;
 pub mod error;
+pub mod flash;
 pub mod generate;
 pub mod info;
 pub mod layout;

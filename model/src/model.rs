@@ -12,7 +12,7 @@ use crate::loss::{causal_lm_loss, shifted_targets, token_cross_entropy, LossOutp
 use crate::mlp::Mlp;
 use crate::moe::{load_balancing_loss, RouterStats, SparseMoe};
 use crate::norm::RmsNorm;
-use crate::rope::RopeTables;
+use crate::rope::{float_dtype, RopeTables};
 use crate::weights::{CheckpointReader, Init, NamedTensor, ParamSource};
 
 /// A parameter handed out by [`Qwen3::for_each_param_mut`].
@@ -47,12 +47,20 @@ impl DecoderLayer {
         mask: &Tensor<4, burn::tensor::Bool>,
         cache: Option<&mut KvCache>,
     ) -> (Tensor<3>, Option<RouterStats>) {
-        let x = x.clone().add(self.self_attn.forward(
-            self.input_layernorm.forward(x),
-            rope,
-            mask,
-            cache,
-        ));
+        self.forward_with(x, |h| self.self_attn.forward(h, rope, mask, cache))
+    }
+
+    /// [`Self::forward`] with the attention block given: `attention` maps the normed input
+    /// to the attention output (how [`crate::step`] swaps in blockwise attention).
+    ///
+    /// # Shapes
+    /// - x: `[B, S, hidden]` → `[B, S, hidden]`
+    pub fn forward_with(
+        &self,
+        x: Tensor<3>,
+        attention: impl FnOnce(Tensor<3>) -> Tensor<3>,
+    ) -> (Tensor<3>, Option<RouterStats>) {
+        let x = x.clone().add(attention(self.input_layernorm.forward(x)));
         let h = self.post_attention_layernorm.forward(x.clone());
         match &self.mlp {
             FeedForward::Dense(mlp) => (x.add(mlp.forward(h)), None),
@@ -404,7 +412,7 @@ impl Qwen3 {
         layout: &SequenceLayout,
         caches: Option<&mut [KvCache]>,
     ) -> (Tensor<3>, Vec<RouterStats>) {
-        let (x, router) = self.hidden(input_ids, layout, caches);
+        let (x, router) = self.hidden(input_ids, layout, caches, None);
         (self.head(x), router)
     }
 
@@ -416,15 +424,17 @@ impl Qwen3 {
 
     /// −log p(label t + 1) at every position t `[B, S − 1]` (0 where ignored), with the LM
     /// head and the loss taken `chunk` positions at a time so that `[S, vocab]` logits never
-    /// exist: evaluation at long context.
+    /// exist: evaluation at long context. `attention_block` selects blockwise attention
+    /// ([`crate::flash`]) with that tile size.
     pub fn per_token_loss(
         &self,
         input_ids: Tensor<2, Int>,
         labels: Tensor<2, Int>,
         layout: &SequenceLayout,
         chunk: usize,
+        attention_block: Option<usize>,
     ) -> Tensor<2> {
-        let (x, _) = self.hidden(input_ids, layout, None);
+        let (x, _) = self.hidden(input_ids, layout, None, attention_block);
         let [b, s, _] = x.dims();
         let targets = shifted_targets(labels);
         let chunk = chunk.max(1);
@@ -443,12 +453,14 @@ impl Qwen3 {
         Tensor::cat(losses, 1).narrow(1, 0, s - 1)
     }
 
-    /// The embeddings through every decoder layer, before the final norm.
+    /// The embeddings through every decoder layer, before the final norm; attention is
+    /// blockwise with `attention_block` (and without caches).
     fn hidden(
         &self,
         input_ids: Tensor<2, Int>,
         layout: &SequenceLayout,
         mut caches: Option<&mut [KvCache]>,
+        attention_block: Option<usize>,
     ) -> (Tensor<3>, Vec<RouterStats>) {
         let [b, s] = input_ids.dims();
         let hidden = self.config.hidden_size;
@@ -466,8 +478,21 @@ impl Qwen3 {
             .rope_scaling
             .frequencies(self.config.head_dim, self.config.rope_theta);
         let rope = RopeTables::new(&layout.positions, &inv_freq, attention_factor, x.dtype());
-        let mask = layout.attention_mask(past);
         let mut router = Vec::new();
+        if let (Some(block), None) = (attention_block, &caches) {
+            let dtype = float_dtype(x.dtype());
+            for layer in &self.layers {
+                let (y, stats) = layer.forward_with(x, |h| {
+                    let (q, k, v) = layer.self_attn.qkv(h, &rope);
+                    let out = crate::flash::forward(q, k, v, layout, block).out;
+                    layer.self_attn.output(out.cast(dtype))
+                });
+                x = y;
+                router.extend(stats);
+            }
+            return (x, router);
+        }
+        let mask = layout.attention_mask(past);
         for (i, layer) in self.layers.iter().enumerate() {
             let cache = caches.as_deref_mut().map(|c| &mut c[i]);
             let (y, stats) = layer.forward(x, &rope, &mask, cache);

@@ -15,11 +15,12 @@ use std::ops::Range;
 use burn::tensor::module::linear;
 use burn::tensor::{FloatDType, Gradients, Int, Tensor, TensorData};
 
+use crate::flash;
 use crate::loss::{log_sum_exp, shifted_targets, token_cross_entropy};
 use crate::model::{DecoderLayer, Qwen3};
 use crate::moe::RouterStats;
 use crate::precision::{compute_copy, frozen_copy};
-use crate::rope::RopeTables;
+use crate::rope::{float_dtype, RopeTables};
 use crate::weights::NamedTensor;
 use crate::SequenceLayout;
 
@@ -39,6 +40,11 @@ pub struct StepOptions {
     pub z_coef: Option<f64>,
     /// Forward and backward run on casts of the (f32) parameters to this dtype.
     pub compute_dtype: FloatDType,
+    /// Blockwise, memory-linear attention ([`crate::flash`]) with tiles of this many
+    /// positions; `None` materialises the scores. Blockwise attention recomputes every
+    /// layer's attention in the backward, so it implies layer recomputation (the whole stack
+    /// as one segment when `recompute_every` is `None`).
+    pub attention_block: Option<usize>,
 }
 
 /// What one micro-batch contributed.
@@ -108,15 +114,31 @@ impl Qwen3 {
             .rope_scaling
             .frequencies(self.config.head_dim, self.config.rope_theta);
         let rope = RopeTables::new(&layout.positions, &inv_freq, attention_factor, x0.dtype());
-        let mask = layout.attention_mask(0);
+        // The dense mask is [B, 1, S, S]: only the materialising attention builds it.
+        let mask = match options.attention_block {
+            None => Some(layout.attention_mask(0)),
+            Some(_) => None,
+        };
+        let layer_forward =
+            |layer: &DecoderLayer, x: Tensor<3>| match (&mask, options.attention_block) {
+                (Some(mask), _) => layer.forward(x, &rope, mask, None),
+                (None, Some(block)) => layer.forward_with(x, |h| {
+                    let (q, k, v) = layer.self_attn.qkv(h, &rope);
+                    let out = flash::forward(q.detach(), k.detach(), v.detach(), layout, block).out;
+                    layer.self_attn.output(out.cast(dtype))
+                }),
+                (None, None) => unreachable!("a mask exists unless attention is blockwise"),
+            };
         let run = |layers: &[DecoderLayer], x: Tensor<3>| {
             let mut stats = Vec::new();
+            let mut inputs = Vec::new();
             let x = layers.iter().fold(x, |x, layer| {
-                let (y, s) = layer.forward(x, &rope, &mask, None);
+                inputs.push(x.clone());
+                let (y, s) = layer_forward(layer, x);
                 stats.extend(s);
                 y
             });
-            (x, stats)
+            (x, stats, inputs)
         };
 
         // Frozen copies record nothing for autodiff; compute copies are differentiated.
@@ -132,6 +154,7 @@ impl Qwen3 {
 
         // Pass 1.
         let n = self.layers.len();
+        let recompute = options.recompute_every.is_some() || options.attention_block.is_some();
         let per_segment = options.recompute_every.unwrap_or(n).max(1);
         let segments: Vec<Range<usize>> = (0..n)
             .step_by(per_segment)
@@ -141,8 +164,8 @@ impl Qwen3 {
         let mut routing = Vec::new();
         let mut x = x0;
         for range in &segments {
-            if options.recompute_every.is_some() {
-                let (y, stats) = run(&layer_copies(range, true), x.clone());
+            if recompute {
+                let (y, stats, _) = run(&layer_copies(range, true), x.clone());
                 routing.extend(stats.iter().map(Routing::of));
                 saved.push(Saved {
                     input: x,
@@ -151,7 +174,7 @@ impl Qwen3 {
                 x = y;
             } else {
                 let input = x.detach().require_grad();
-                let (output, stats) = run(&layer_copies(range, false), input.clone());
+                let (output, stats, _) = run(&layer_copies(range, false), input.clone());
                 routing.extend(stats.iter().map(Routing::of));
                 x = output.clone().detach();
                 saved.push(Saved {
@@ -198,33 +221,98 @@ impl Qwen3 {
                 (&device, burn::tensor::DType::F32),
             )
         });
-        for (range, state) in segments.iter().zip(saved).rev() {
-            let (input, (output, stats)) = match state.kept {
-                Some(kept) => (state.input, kept),
-                None => {
-                    let input = state.input.detach().require_grad();
-                    let recomputed = run(&layer_copies(range, false), input.clone());
-                    (input, recomputed)
-                }
-            };
-            let mut surrogate = output.mul(g).cast(FloatDType::F32).sum();
-            for st in &stats {
+        // This layer's share of the router losses, to add to its surrogate.
+        let router_terms = |stats: &[RouterStats]| {
+            let mut total: Option<Tensor<1>> = None;
+            for st in stats {
+                let mut add =
+                    |t: Tensor<1>| total = Some(total.take().map_or(t.clone(), |a| a.add(t)));
                 if let (Some(coef), Some(pooled)) = (options.aux_coef, &pooled) {
                     // E / rows² · Σ_e C_e · Σ_t p[t, e]: this layer's share of the pooled loss.
                     let share = st.probs.clone().sum_dim(0).reshape([experts]);
                     let scale = coef * experts as f64 / (moe_rows as f64).powi(2);
-                    surrogate = surrogate.add(share.mul(pooled.clone()).sum().mul_scalar(scale));
+                    add(share.mul(pooled.clone()).sum().mul_scalar(scale));
                 }
                 if let Some(coef) = options.z_coef {
                     let z = log_sum_exp(st.logits.clone()).powi_scalar(2).sum();
-                    surrogate = surrogate.add(z.mul_scalar(coef / moe_rows as f64));
+                    add(z.mul_scalar(coef / moe_rows as f64));
                 }
             }
-            let step_grads = surrogate.backward();
+            total
+        };
+        let backward = |output: Tensor<3>, g: Tensor<3>, stats: &[RouterStats]| {
+            let surrogate = output.mul(g).cast(FloatDType::F32).sum();
+            match router_terms(stats) {
+                Some(terms) => surrogate.add(terms),
+                None => surrogate,
+            }
+            .backward()
+        };
+        for (range, state) in segments.iter().zip(saved).rev() {
+            let layer_params = group(&|name| layer_index(name).is_some_and(|i| range.contains(&i)));
+            if let (None, Some(block)) = (&state.kept, options.attention_block) {
+                // Layer by layer: the attention core's gradient comes from the blockwise
+                // backward and re-enters through a second surrogate on q, k and v.
+                let (_, _, inputs) = run(&layer_copies(range, true), state.input.clone());
+                for (i, input) in range.clone().zip(inputs).rev() {
+                    let layer = compute_copy(&self.layers[i], dtype);
+                    let input = input.detach().require_grad();
+                    let mut core = None;
+                    let (output, stats) = layer.forward_with(input.clone(), |h| {
+                        let (q, k, v) = layer.self_attn.qkv(h, &rope);
+                        let fwd = flash::forward(
+                            q.clone().detach(),
+                            k.clone().detach(),
+                            v.clone().detach(),
+                            layout,
+                            block,
+                        );
+                        let out = fwd.out.clone().cast(dtype).detach().require_grad();
+                        core = Some((q, k, v, fwd, out.clone()));
+                        layer.self_attn.output(out)
+                    });
+                    let outer = backward(output, g, stats.as_slice());
+                    collect(&outer, &layer_params, &mut grads);
+                    let (q, k, v, fwd, out) = core.expect("the layer ran its attention");
+                    let dout = out
+                        .grad(&outer)
+                        .expect("the attention output requires grad");
+                    let (dq, dk, dv) = flash::backward(
+                        q.clone().detach(),
+                        k.clone().detach(),
+                        v.clone().detach(),
+                        &fwd,
+                        dout,
+                        layout,
+                        block,
+                    );
+                    let dot = |x: Tensor<4>, dx: Tensor<4>| {
+                        x.clone()
+                            .mul(dx.cast(float_dtype(x.dtype())))
+                            .cast(FloatDType::F32)
+                            .sum()
+                    };
+                    let inner = dot(q, dq).add(dot(k, dk)).add(dot(v, dv)).backward();
+                    collect(&inner, &layer_params, &mut grads);
+                    let through = |grads: &Gradients| {
+                        input.grad(grads).expect("the layer input requires grad")
+                    };
+                    g = through(&outer).add(through(&inner));
+                }
+                continue;
+            }
+            let (input, (output, stats)) = match state.kept {
+                Some(kept) => (state.input, kept),
+                None => {
+                    let input = state.input.detach().require_grad();
+                    let (output, stats, _) = run(&layer_copies(range, false), input.clone());
+                    (input, (output, stats))
+                }
+            };
+            let step_grads = backward(output, g, stats.as_slice());
             g = input
                 .grad(&step_grads)
                 .expect("the segment input requires grad");
-            let layer_params = group(&|name| layer_index(name).is_some_and(|i| range.contains(&i)));
             collect(&step_grads, &layer_params, &mut grads);
         }
         let embedding = embed(compute_copy(&self.embed_tokens, dtype).val());
@@ -383,7 +471,13 @@ mod tests {
                     .unwrap();
             let coefs = (0.01, 0.001);
             let (ce, per_token, aux, z, grads) = reference(&model, &ids, &layout, &device, coefs);
-            for (recompute_every, loss_chunk) in [(None, 12), (Some(1), 5), (Some(2), 1)] {
+            for (recompute_every, loss_chunk, attention_block) in [
+                (None, 12, None),
+                (Some(1), 5, None),
+                (Some(2), 1, None),
+                (Some(1), 12, Some(4)),
+                (None, 7, Some(5)),
+            ] {
                 let options = StepOptions {
                     recompute_every,
                     loss_chunk,
@@ -391,9 +485,11 @@ mod tests {
                     aux_coef: Some(coefs.0),
                     z_coef: Some(coefs.1),
                     compute_dtype: FloatDType::F32,
+                    attention_block,
                 };
-                let what =
-                    format!("tied {tied}, recompute {recompute_every:?}, chunk {loss_chunk}");
+                let what = format!(
+                    "tied {tied}, recompute {recompute_every:?}, chunk {loss_chunk}, attention block {attention_block:?}"
+                );
                 let out = model.loss_and_grads(
                     model.token_tensor(&ids, &device).unwrap(),
                     model.label_tensor(&ids, &device).unwrap(),
@@ -412,6 +508,7 @@ mod tests {
                         &SequenceLayout::from_document_lengths(&[vec![5, 7], vec![12]], 12, &inner)
                             .unwrap(),
                         loss_chunk,
+                        attention_block,
                     )
                     .into_data()
                     .convert::<f32>();

@@ -328,6 +328,7 @@ impl Trainer {
             aux_coef: self.aux_coef.map(|c| c / accumulation as f64),
             z_coef: z_coef.map(|c| c / accumulation as f64),
             compute_dtype: self.compute_dtype,
+            attention_block: (runtime.attention_block > 0).then_some(runtime.attention_block),
         };
         for batch in &batches {
             let (ids, labels, layout) = self.tensors(batch, &self.device)?;
@@ -436,6 +437,7 @@ impl Trainer {
         let mut loader = Loader::open(config, self.recipe.encoder()?, DataParallel::SINGLE)?;
         let model = self.model.valid();
         let mut per_source: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+        let runtime = &self.recipe.recipe.runtime;
         for _ in 0..eval.batches {
             let batch = loader.next_batch(self.recipe.recipe.train.micro_batch)?;
             if batch.is_empty() {
@@ -443,7 +445,13 @@ impl Trainer {
             }
             let (ids, labels, layout) = self.tensors(&batch, &model.embed_tokens.device())?;
             let per_token: Vec<f32> = model
-                .per_token_loss(ids, labels, &layout, self.recipe.recipe.runtime.loss_chunk)
+                .per_token_loss(
+                    ids,
+                    labels,
+                    &layout,
+                    runtime.loss_chunk,
+                    (runtime.attention_block > 0).then_some(runtime.attention_block),
+                )
                 .into_data()
                 .convert::<f32>()
                 .try_into_vec::<f32>()

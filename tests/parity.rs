@@ -170,3 +170,80 @@ fn wgpu_matches_transformers() {
         );
     }
 }
+
+/// The trainer's step — layers recomputed, loss head in chunks, blockwise attention — gives
+/// transformers' loss and gradients.
+fn check_step(case: &str, device: &agentcpt_model::burn::tensor::Device) {
+    use agentcpt_model::burn::tensor::FloatDType;
+    use agentcpt_model::step::StepOptions;
+    let dir = case_dir(case);
+    let model = Qwen3::load(&dir, device).unwrap_or_else(|e| panic!("{case}: {e}"));
+    let inputs = ForwardInputs::read(&dir.join("inputs.json")).unwrap();
+    let labels = inputs.labels(&model, device).unwrap();
+    let counted = labels
+        .clone()
+        .narrow(1, 1, labels.dims()[1] - 1)
+        .not_equal_elem(-100)
+        .int()
+        .sum()
+        .into_scalar::<i64>();
+    let aux_coef = model.default_aux_coef();
+    let options = StepOptions {
+        recompute_every: Some(1),
+        loss_chunk: 3,
+        ce_divisor: counted as f64,
+        aux_coef,
+        z_coef: None,
+        compute_dtype: FloatDType::F32,
+        attention_block: Some(4),
+    };
+    let out = model.loss_and_grads(
+        model.token_tensor(&inputs.input_ids, device).unwrap(),
+        labels,
+        &inputs.layout(device).unwrap(),
+        &options,
+    );
+    let want = expected(case);
+    let total = out.ce_sum / counted as f64 + aux_coef.map_or(0.0, |c| c * out.aux.unwrap());
+    assert_close(
+        &format!("step {case} total_loss"),
+        &[total as f32],
+        &want["total_loss"].1,
+    );
+    let mut compared = 0;
+    for (key, (_, reference)) in want.iter() {
+        let Some(name) = key.strip_prefix("grad.") else {
+            continue;
+        };
+        let mut sum: Option<Vec<f32>> = None;
+        for g in out.grads.iter().filter(|g| g.name() == name) {
+            let v = g.to_f32_vec();
+            sum = Some(match sum {
+                Some(s) => s.iter().zip(&v).map(|(a, b)| a + b).collect(),
+                None => v,
+            });
+        }
+        let sum = sum.unwrap_or_else(|| panic!("step {case}: no gradient for {name}"));
+        assert_close(&format!("step {case} grad {name}"), &sum, reference);
+        compared += 1;
+    }
+    assert!(compared > 0, "{case}: the fixture records gradients");
+}
+
+#[test]
+fn step_with_recomputation_and_blockwise_attention_matches_transformers() {
+    for case in CASES {
+        check_step(case, &device().autodiff());
+    }
+}
+
+/// The blockwise attention and the segmented step on wgpu (Mesa lavapipe in CI).
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_step_with_blockwise_attention_matches_transformers() {
+    use agentcpt_model::burn::tensor::{Device, DeviceKind};
+    let device = Device::wgpu(DeviceKind::DefaultDevice).autodiff();
+    for case in ["moe_yarn", "moe_packed"] {
+        check_step(case, &device);
+    }
+}

@@ -1,11 +1,16 @@
 #!/usr/bin/env python3
-"""PyTorch + transformers baseline for benches/train_step.rs: forward+backward tokens/s of
-the same small Qwen3-MoE (hidden 512, 4 layers, 16 experts top-4, vocab 32000), f32, on
-the CPU with as many threads as the Rust run. Needs tests/fixtures/requirements.txt.
+"""PyTorch + transformers baseline for model/benches/train_step.rs and benches/long_context.rs:
+tokens/s of the same small Qwen3-MoE (hidden 512, 4 layers, 8 query / 2 KV heads of 64,
+16 experts top-4, vocab 32000), f32, on the CPU with as many threads as the Rust run, and
+the process's peak RSS. `--adamw` adds the optimizer step (a full training step, as
+benches/long_context.rs measures); run one length per process for a per-length peak.
+Needs tests/fixtures/requirements.txt.
 
-    python model/benches/train_step_torch.py [--threads 2] [SEQ_LEN ...]
+    python model/benches/train_step_torch.py [--threads 2] [--adamw] [--steps 3] [SEQ_LEN ...]
 """
 import argparse
+import json
+import resource
 import time
 
 import torch
@@ -16,17 +21,21 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("seq_lens", nargs="*", type=int, default=[512, 1024, 2048])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--adamw", action="store_true")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     config = Qwen3MoeConfig(
         vocab_size=32000, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
         num_attention_heads=8, num_key_value_heads=2, head_dim=64, rms_norm_eps=1e-6,
-        rope_theta=1e6, max_position_embeddings=32768, num_experts=16, num_experts_per_tok=4,
+        rope_theta=1e6, max_position_embeddings=max([32768, *args.seq_lens]), num_experts=16, num_experts_per_tok=4,
         moe_intermediate_size=256, norm_topk_prob=True, router_aux_loss_coef=0.001,
         output_router_logits=True, use_cache=False,
     )
     model = Qwen3MoeForCausalLM(config).float()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if args.adamw else None
     print(f"small Qwen3-MoE on torch {torch.__version__} ({model.config._attn_implementation}), "
           f"{args.threads} threads")
     for seq in args.seq_lens:
@@ -36,15 +45,24 @@ def main():
             model.zero_grad(set_to_none=True)
             out = model(input_ids=ids, labels=ids)
             out.loss.backward()
+            if optimizer is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
 
-        step()
-        steps = 3
+        for _ in range(args.warmup):
+            step()
+        steps = args.steps
         start = time.perf_counter()
         for _ in range(steps):
             step()
         secs = time.perf_counter() - start
-        print(f"seq_len {seq:>6}: {seq * steps / secs:>9.0f} tokens/s forward+backward "
-              f"({secs / steps:.3f} s/step)")
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        print(json.dumps({
+            "impl": f"torch {torch.__version__} ({model.config._attn_implementation})",
+            "seq_len": seq, "threads": args.threads, "adamw": args.adamw,
+            "seconds_per_step": secs / steps, "tokens_per_s": seq * steps / secs,
+            "peak_rss_bytes": peak,
+        }))
 
 
 if __name__ == "__main__":

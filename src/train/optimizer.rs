@@ -4,9 +4,12 @@
 
 use std::collections::BTreeMap;
 
+use agentcpt_model::burn::module::Param;
 use agentcpt_model::burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
+use agentcpt_model::model::ParamSlot;
 use agentcpt_model::rope::float_dtype;
 use agentcpt_model::weights::NamedTensor;
+use agentcpt_model::Qwen3;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
@@ -199,6 +202,56 @@ pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
     } else {
         1.0
     }
+}
+
+/// Adds a step's gradients (per name, several entries for a tied weight) into `acc`,
+/// flattened, with each parameter's rank.
+pub fn add_gradients(acc: &mut BTreeMap<String, (Tensor<1>, usize)>, grads: Vec<NamedTensor>) {
+    for grad in grads {
+        let (name, flat, rank) = match grad {
+            NamedTensor::Vector(name, g) => (name, g, 1),
+            NamedTensor::Matrix(name, g) => {
+                let n: usize = g.dims().iter().product();
+                (name, g.reshape([n]), 2)
+            }
+        };
+        let summed = match acc.remove(&name) {
+            Some((a, _)) => a.add(flat),
+            None => flat,
+        };
+        acc.insert(name, (summed, rank));
+    }
+}
+
+/// One AdamW step on every parameter of `model` that has a gradient in `grads` (which it
+/// empties), gradients scaled by `clip`.
+pub fn apply(
+    model: &mut Qwen3,
+    optimizer: &mut AdamW,
+    grads: &mut BTreeMap<String, (Tensor<1>, usize)>,
+    clip: f64,
+    lr: f64,
+) {
+    model.for_each_param_mut(&mut |name, slot| {
+        let Some((grad, rank)) = grads.remove(name) else {
+            return;
+        };
+        match slot {
+            ParamSlot::Vector(p) => {
+                let new = optimizer.update(name, p.val().inner(), rank, grad, clip, lr);
+                *p = Param::from_tensor(Tensor::from_inner(new));
+            }
+            ParamSlot::Matrix(p) => {
+                let dims = p.val().dims();
+                let flat = p.val().inner().reshape([dims[0] * dims[1]]);
+                let new = optimizer
+                    .update(name, flat, rank, grad, clip, lr)
+                    .reshape(dims);
+                *p = Param::from_tensor(Tensor::from_inner(new));
+            }
+        }
+    });
+    optimizer.finish_step();
 }
 
 #[cfg(test)]

@@ -15,16 +15,14 @@ use agentcpt_datasets::{DataParallel, Loader, PackedSequence};
 use agentcpt_model::burn::module::Module;
 use agentcpt_model::burn::tensor::{Device, FloatDType, Int, Tensor};
 use agentcpt_model::info::param_counts;
-use agentcpt_model::model::ParamSlot;
 use agentcpt_model::step::StepOptions;
-use agentcpt_model::weights::NamedTensor;
 use agentcpt_model::{Qwen3, Qwen3Config, RopeScaling, SequenceLayout};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use super::checkpoint::{self, TrainerState, MODEL_DIR};
 use super::metrics::{peak_rss_bytes, MetricsLog};
-use super::optimizer::{clip_factor, global_norm, AdamW};
+use super::optimizer::{add_gradients, apply, clip_factor, global_norm, AdamW};
 use super::tensorboard::{scalar_tags, EventWriter};
 use crate::recipe::{LoadedRecipe, ModelInit};
 
@@ -343,20 +341,7 @@ impl Trainer {
                     None => expert_tokens.push(counts),
                 }
             }
-            for grad in out.grads {
-                let (name, flat, rank) = match grad {
-                    NamedTensor::Vector(name, g) => (name, g, 1),
-                    NamedTensor::Matrix(name, g) => {
-                        let n: usize = g.dims().iter().product();
-                        (name, g.reshape([n]), 2)
-                    }
-                };
-                let summed = match grads.remove(&name) {
-                    Some((acc, _)) => acc.add(flat),
-                    None => flat,
-                };
-                grads.insert(name, (summed, rank));
-            }
+            add_gradients(&mut grads, out.grads);
         }
         let step = self.state.step;
         if self.inject_nan.contains(&step) {
@@ -378,7 +363,9 @@ impl Trainer {
             eprintln!("step {step}: non-finite loss ({loss}) or gradient norm ({grad_norm}); step skipped");
         } else {
             self.state.consecutive_skips = 0;
-            self.apply(
+            apply(
+                &mut self.model,
+                &mut self.optimizer,
                 &mut grads,
                 clip_factor(grad_norm, self.recipe.recipe.optimizer.max_grad_norm),
                 lr,
@@ -485,31 +472,6 @@ impl Trainer {
         let labels = self.model.label_tensor(&labels, device)?;
         let layout = SequenceLayout::from_document_lengths(&lengths, seq_len, device)?;
         Ok((ids, labels, layout))
-    }
-
-    /// AdamW on every parameter that has a gradient.
-    fn apply(&mut self, grads: &mut BTreeMap<String, (Tensor<1>, usize)>, clip: f64, lr: f64) {
-        let optimizer = &mut self.optimizer;
-        self.model.for_each_param_mut(&mut |name, slot| {
-            let Some((grad, rank)) = grads.remove(name) else {
-                return;
-            };
-            match slot {
-                ParamSlot::Vector(p) => {
-                    let new = optimizer.update(name, p.val().inner(), rank, grad, clip, lr);
-                    *p = agentcpt_model::burn::module::Param::from_tensor(Tensor::from_inner(new));
-                }
-                ParamSlot::Matrix(p) => {
-                    let dims = p.val().dims();
-                    let flat = p.val().inner().reshape([dims[0] * dims[1]]);
-                    let new = optimizer
-                        .update(name, flat, rank, grad, clip, lr)
-                        .reshape(dims);
-                    *p = agentcpt_model::burn::module::Param::from_tensor(Tensor::from_inner(new));
-                }
-            }
-        });
-        optimizer.finish_step();
     }
 }
 

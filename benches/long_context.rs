@@ -1,36 +1,65 @@
-//! Peak memory and throughput of one full training step (forward, backward, AdamW) at long
-//! context, on the CPU (flex): the small Qwen3-MoE of issue 5 (hidden 512, 4 layers, 8 query
-//! / 2 KV heads of 64, 16 experts top-4, vocab 32000) on one sequence of `--seq-len`
-//! tokens, with the trainer's step (layer recomputation, chunked loss head, blockwise
-//! attention). One length per process, so that the peak RSS is that length's;
-//! `scripts/bench-long-context.sh` runs the lengths and the PyTorch baseline.
+//! Peak memory, throughput and MFU of one full training step (forward, backward, AdamW) on
+//! one sequence of `--seq-len` tokens, with the trainer's step (layer recomputation, chunked
+//! loss head, blockwise attention). Models: `small-moe` (issue 5's: hidden 512, 4 layers,
+//! 8 query / 2 KV heads of 64, 16 experts top-4, vocab 32000), `qwen3-0.6b` (the dense
+//! Qwen3-0.6B shape) and `qwen3-30b-a3b-4l` (Qwen3-30B-A3B's shape cut to 4 layers). One
+//! length per process, so that the peak RSS is that length's; `scripts/bench-long-context.sh`
+//! (CPU) and `scripts/bench-gpu.sh` (CUDA) run the lengths beside PyTorch.
 //!
 //! ```sh
-//! cargo bench --bench long_context -- --seq-len 16384 [--recompute-every 1]
-//!     [--loss-chunk 1024] [--attention-block 512] [--steps 1] [--warmup 0]
+//! cargo bench --bench long_context -- --seq-len 16384 [--model small-moe] [--device cpu]
+//!     [--dtype f32] [--recompute-every 1] [--loss-chunk 1024] [--attention-block 512]
+//!     [--steps 1] [--warmup 0] [--peak-tflops T]
 //! ```
 //! `--attention-block 0` materialises the scores; `--recompute-every 0` keeps every
-//! activation. Prints one JSON line.
+//! activation. Prints one JSON line; `mfu` is null unless the peak is given or the GPU is
+//! recognised.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use agentcpt::device::{default_dtype, known_peak_tflops, parse_dtype, select, DeviceSpec};
 use agentcpt::train::metrics::peak_rss_bytes;
 use agentcpt::train::optimizer::{add_gradients, apply, clip_factor, global_norm, AdamW};
-use agentcpt_model::burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
+use agentcpt_model::burn::tensor::{FloatDType, Int, Tensor, TensorData};
+use agentcpt_model::info::training_flops_per_token;
 use agentcpt_model::step::StepOptions;
 use agentcpt_model::{Qwen3, Qwen3Config, SequenceLayout};
 use serde_json::json;
 
-fn config(seq_len: usize) -> Qwen3Config {
-    let cfg = json!({
-        "model_type": "qwen3_moe", "vocab_size": 32000, "hidden_size": 512, "intermediate_size": 1536,
-        "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 64,
-        "rms_norm_eps": 1e-6, "rope_theta": 1e6, "max_position_embeddings": seq_len.max(32768),
-        "num_experts": 16, "num_experts_per_tok": 4, "moe_intermediate_size": 256,
-        "norm_topk_prob": true, "router_aux_loss_coef": 0.001
-    });
-    Qwen3Config::from_json(cfg, std::path::Path::new("bench config")).expect("valid config")
+fn config(model: &str, seq_len: usize) -> Qwen3Config {
+    let max_pos = seq_len.max(40960);
+    let cfg = match model {
+        "small-moe" => json!({
+            "model_type": "qwen3_moe", "vocab_size": 32000, "hidden_size": 512, "intermediate_size": 1536,
+            "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 64,
+            "rms_norm_eps": 1e-6, "rope_theta": 1e6, "max_position_embeddings": max_pos,
+            "num_experts": 16, "num_experts_per_tok": 4, "moe_intermediate_size": 256,
+            "norm_topk_prob": true, "router_aux_loss_coef": 0.001
+        }),
+        "qwen3-0.6b" => json!({
+            "model_type": "qwen3", "vocab_size": 151936, "hidden_size": 1024, "intermediate_size": 3072,
+            "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128,
+            "rms_norm_eps": 1e-6, "rope_theta": 1e6, "max_position_embeddings": max_pos,
+            "tie_word_embeddings": true
+        }),
+        "qwen3-30b-a3b-4l" => json!({
+            "model_type": "qwen3_moe", "vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 6144,
+            "num_hidden_layers": 4, "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128,
+            "rms_norm_eps": 1e-6, "rope_theta": 1e6, "max_position_embeddings": max_pos,
+            "num_experts": 128, "num_experts_per_tok": 8, "moe_intermediate_size": 768,
+            "norm_topk_prob": true, "router_aux_loss_coef": 0.001
+        }),
+        other => panic!("--model: unknown `{other}` (small-moe, qwen3-0.6b, qwen3-30b-a3b-4l)"),
+    };
+    Qwen3Config::from_json(cfg, std::path::Path::new(model)).expect("valid config")
+}
+
+fn text_arg<'a>(args: &'a [String], name: &str, default: &'a str) -> &'a str {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map_or(default, String::as_str)
 }
 
 fn arg(args: &[String], name: &str, default: usize) -> usize {
@@ -52,9 +81,26 @@ fn main() {
     let steps = arg(&args, "--steps", 1);
     let warmup = arg(&args, "--warmup", 0);
 
-    let device = Device::flex().autodiff();
+    let model_name = text_arg(&args, "--model", "small-moe");
+    let spec: DeviceSpec = text_arg(&args, "--device", "cpu")
+        .parse()
+        .expect("--device");
+    let dtype = match text_arg(&args, "--dtype", "") {
+        "" => default_dtype(&spec),
+        d => parse_dtype(d).expect("--dtype"),
+    };
+    let peak = match arg(&args, "--peak-tflops", 0) {
+        0 => known_peak_tflops(&spec, dtype),
+        p => Some(p as f64),
+    };
+    // Master weights in f32, compute in `dtype`, as the trainer does.
+    let device = select(&spec, Some(FloatDType::F32))
+        .expect("device")
+        .autodiff();
     device.seed(0);
-    let mut model = Qwen3::random(config(seq), &device);
+    let config = config(model_name, seq);
+    let flops_per_token = training_flops_per_token(&config, seq);
+    let mut model = Qwen3::random(config, &device);
     let mut optimizer = AdamW::new(serde_json::from_value(json!({ "lr": 1e-4 })).expect("config"));
     let ids: Vec<i64> = (0..seq as i64).map(|i| (i * 7919) % 32000).collect();
     let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, seq]), &device);
@@ -65,7 +111,7 @@ fn main() {
         ce_divisor: (seq - 1) as f64,
         aux_coef: Some(0.001),
         z_coef: None,
-        compute_dtype: FloatDType::F32,
+        compute_dtype: dtype,
         attention_block: (block > 0).then_some(block),
     };
     let mut step = |model: &mut Qwen3| {
@@ -95,6 +141,9 @@ fn main() {
         "{}",
         json!({
             "impl": "agentcpt",
+            "model": model_name,
+            "device": format!("{spec:?}"),
+            "dtype": format!("{dtype:?}"),
             "seq_len": seq,
             "recompute_every": recompute,
             "loss_chunk": loss_chunk,
@@ -102,6 +151,9 @@ fn main() {
             "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
             "seconds_per_step": secs,
             "tokens_per_s": seq as f64 / secs,
+            "tflops": seq as f64 * flops_per_token / secs / 1e12,
+            "mfu": peak.map(|p| seq as f64 * flops_per_token / secs / 1e12 / p),
+            "flops_convention": "6·N_active + 6·L·H·D·S (causal)",
             "peak_rss_bytes": peak_rss_bytes(),
             "loss": loss,
         })

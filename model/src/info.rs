@@ -11,6 +11,22 @@ pub struct ParamCounts {
     pub embedding: u64,
 }
 
+/// Training FLOPs per token, forward and backward: `6·N + 6·L·H·D·S`, where N counts the
+/// parameters a token goes through in matmuls (the active ones, without the input
+/// embedding's lookup but with the LM head, tied or not) and the second term is causal
+/// attention at half the cost of full attention.
+pub fn training_flops_per_token(c: &Qwen3Config, seq_len: usize) -> f64 {
+    let counts = param_counts(c);
+    let lm_head = if c.tie_word_embeddings {
+        counts.embedding
+    } else {
+        0
+    };
+    let matmul = counts.active - counts.embedding + lm_head;
+    6.0 * matmul as f64
+        + 6.0 * (c.num_hidden_layers * c.num_attention_heads * c.head_dim * seq_len) as f64
+}
+
 pub fn param_counts(c: &Qwen3Config) -> ParamCounts {
     let (hd, d) = (c.hidden_size as u64, c.head_dim as u64);
     let (h, kv) = (c.num_attention_heads as u64, c.num_key_value_heads as u64);
@@ -170,5 +186,10 @@ mod tests {
             "3.0"
         );
         assert!((3.3e9..3.4e9).contains(&(n.active as f64)), "{}", n.active);
+        // The published causal-accounting envelope: 23.1 / 56.9 / 172.9 GFLOP per token.
+        for (seq, gflop) in [(4096, "23.1"), (32768, "56.9"), (131072, "172.9")] {
+            let f = training_flops_per_token(&c, seq) / 1e9;
+            assert_eq!(format!("{f:.1}"), gflop, "at {seq}");
+        }
     }
 }

@@ -14,7 +14,7 @@ use std::time::Instant;
 use agentcpt_datasets::{DataParallel, Loader, PackedSequence};
 use agentcpt_model::burn::module::Module;
 use agentcpt_model::burn::tensor::{Device, FloatDType, Int, Tensor};
-use agentcpt_model::info::param_counts;
+use agentcpt_model::info::training_flops_per_token;
 use agentcpt_model::step::StepOptions;
 use agentcpt_model::{Qwen3, Qwen3Config, RopeScaling, SequenceLayout};
 use anyhow::{bail, Context, Result};
@@ -375,15 +375,8 @@ impl Trainer {
         self.state.step += 1;
         self.state.tokens_seen += tokens;
         let seconds = started.elapsed().as_secs_f64();
-        let counts = param_counts(&self.model.config);
-        let c = &self.model.config;
-        // 6·N_active (without the input embedding) + 6·L·H·D·S: causal attention at half cost.
-        let flops_per_token = 6.0 * (counts.active - counts.embedding) as f64
-            + 6.0
-                * (c.num_hidden_layers
-                    * c.num_attention_heads
-                    * c.head_dim
-                    * self.recipe.recipe.data.seq_len) as f64;
+        let flops_per_token =
+            training_flops_per_token(&self.model.config, self.recipe.recipe.data.seq_len);
         let tflops = tokens as f64 * flops_per_token / seconds / 1e12;
         Ok(json!({
             "step": step + 1,

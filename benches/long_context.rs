@@ -63,13 +63,12 @@ fn text_arg<'a>(args: &'a [String], name: &str, default: &'a str) -> &'a str {
 }
 
 fn arg(args: &[String], name: &str, default: usize) -> usize {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map_or(default, |v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name}: not a number: {v}"))
-        })
+    match text_arg(args, name, "") {
+        "" => default,
+        v => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}: not a number: {v}")),
+    }
 }
 
 fn main() {

@@ -10,6 +10,7 @@
 //! input. The pooled load-balancing loss is linear in the router probabilities once the
 //! token counts of pass 1 are fixed, so it splits exactly across layers.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 
 use burn::tensor::module::linear;
@@ -60,8 +61,7 @@ pub struct StepOutput {
     pub z: Option<f64>,
     /// Tokens routed to each expert, per MoE layer.
     pub expert_counts: Vec<Vec<i64>>,
-    /// Gradients of the objective by parameter name; a tied embedding appears twice (input
-    /// and output use), to be summed.
+    /// Gradients of the objective, one per parameter that has one.
     pub grads: Vec<NamedTensor>,
 }
 
@@ -100,10 +100,24 @@ impl Qwen3 {
         let group = |keep: &dyn Fn(&str) -> bool| -> Vec<NamedTensor> {
             params.iter().filter(|p| keep(p.name())).cloned().collect()
         };
-        let mut grads = Vec::new();
-        let collect = |from: &Gradients, group: &[NamedTensor], into: &mut Vec<NamedTensor>| {
-            into.extend(group.iter().filter_map(|p| p.grad(from)));
-        };
+        // Summed by name as they arrive: the loss head's chunks and a tied embedding each
+        // contribute to the same parameters many times.
+        let mut grads: BTreeMap<String, NamedTensor> = BTreeMap::new();
+        let collect =
+            |from: &Gradients, group: &[NamedTensor], into: &mut BTreeMap<String, NamedTensor>| {
+                for grad in group.iter().filter_map(|p| p.grad(from)) {
+                    let summed = match (into.remove(grad.name()), grad) {
+                        (Some(NamedTensor::Vector(n, a)), NamedTensor::Vector(_, b)) => {
+                            NamedTensor::Vector(n, a.add(b))
+                        }
+                        (Some(NamedTensor::Matrix(n, a)), NamedTensor::Matrix(_, b)) => {
+                            NamedTensor::Matrix(n, a.add(b))
+                        }
+                        (_, grad) => grad,
+                    };
+                    into.insert(summed.name().to_string(), summed);
+                }
+            };
 
         let ids = input_ids.reshape([b * s]);
         let hidden = self.config.hidden_size;
@@ -337,7 +351,7 @@ impl Qwen3 {
             aux: has_moe.then(|| aux_value(&routing, &pooled_counts, moe_rows)),
             z: has_moe.then(|| routing.iter().map(|r| r.z_sum).sum::<f64>() / moe_rows as f64),
             expert_counts: routing.into_iter().map(|r| r.counts).collect(),
-            grads,
+            grads: grads.into_values().collect(),
         }
     }
 }

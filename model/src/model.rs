@@ -61,6 +61,15 @@ impl DecoderLayer {
         attention: impl FnOnce(Tensor<3>) -> Tensor<3>,
     ) -> (Tensor<3>, Option<RouterStats>) {
         let x = x.clone().add(attention(self.input_layernorm.forward(x)));
+        self.feed_forward(x)
+    }
+
+    /// The block after attention: norm, MLP or MoE, residual. Token by token, so it can run
+    /// on any slice of the sequence.
+    ///
+    /// # Shapes
+    /// - x: `[B, S, hidden]` → `[B, S, hidden]`
+    pub fn feed_forward(&self, x: Tensor<3>) -> (Tensor<3>, Option<RouterStats>) {
         let h = self.post_attention_layernorm.forward(x.clone());
         match &self.mlp {
             FeedForward::Dense(mlp) => (x.add(mlp.forward(h)), None),

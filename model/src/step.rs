@@ -265,29 +265,48 @@ impl Qwen3 {
         for (range, state) in segments.iter().zip(saved).rev() {
             let layer_params = group(&|name| layer_index(name).is_some_and(|i| range.contains(&i)));
             if let (None, Some(block)) = (&state.kept, options.attention_block) {
-                // Layer by layer: the attention core's gradient comes from the blockwise
-                // backward and re-enters through a second surrogate on q, k and v.
+                // Layer by layer, in three backward passes: the feed-forward block in
+                // chunks of positions (it is token-local, so its activations never exist
+                // for the whole sequence), the attention output projection and residual,
+                // then q, k and v with the gradient of the blockwise attention core.
                 let (_, _, inputs) = run(&layer_copies(range, true), state.input.clone());
                 for (i, input) in range.clone().zip(inputs).rev() {
                     let layer = compute_copy(&self.layers[i], dtype);
                     let input = input.detach().require_grad();
-                    let mut core = None;
-                    let (output, stats) = layer.forward_with(input.clone(), |h| {
-                        let (q, k, v) = layer.self_attn.qkv(h, &rope);
-                        let fwd = flash::forward(
-                            q.clone().detach(),
-                            k.clone().detach(),
-                            v.clone().detach(),
-                            layout,
-                            block,
-                        );
-                        let out = fwd.out.clone().cast(dtype).detach().require_grad();
-                        core = Some((q, k, v, fwd, out.clone()));
-                        layer.self_attn.output(out)
-                    });
-                    let outer = backward(output, g, stats.as_slice());
+                    let (q, k, v) = layer
+                        .self_attn
+                        .qkv(layer.input_layernorm.forward(input.clone()), &rope);
+                    let fwd = flash::forward(
+                        q.clone().detach(),
+                        k.clone().detach(),
+                        v.clone().detach(),
+                        layout,
+                        block,
+                    );
+                    let out = fwd.out.clone().cast(dtype).detach().require_grad();
+                    let attended = input.clone().add(layer.self_attn.output(out.clone()));
+                    let mut g_attended = Vec::new();
+                    for start in (0..s).step_by(options.loss_chunk.max(1)) {
+                        let len = options.loss_chunk.max(1).min(s - start);
+                        // A fresh copy per backward pass: each consumes its casts.
+                        let part = compute_copy(&self.layers[i], dtype);
+                        let xc = attended
+                            .clone()
+                            .narrow(1, start, len)
+                            .detach()
+                            .require_grad();
+                        let (yc, stats) = part.feed_forward(xc.clone());
+                        let chunk_grads =
+                            backward(yc, g.clone().narrow(1, start, len), stats.as_slice());
+                        collect(&chunk_grads, &layer_params, &mut grads);
+                        g_attended.push(xc.grad(&chunk_grads).expect("the chunk requires grad"));
+                    }
+                    let outer = attended
+                        .mul(Tensor::cat(g_attended, 1))
+                        .cast(FloatDType::F32)
+                        .sum()
+                        .backward();
                     collect(&outer, &layer_params, &mut grads);
-                    let (q, k, v, fwd, out) = core.expect("the layer ran its attention");
                     let dout = out
                         .grad(&outer)
                         .expect("the attention output requires grad");

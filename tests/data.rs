@@ -140,6 +140,19 @@ fn four_ranks_partition_the_samples() {
     assert_eq!(union, single);
 }
 
+/// `agentcpt data import FILE --kind KIND --out OUT`.
+fn import(file: &Path, kind: &str, out: &Path) -> Output {
+    agentcpt(&[
+        "data",
+        "import",
+        file.to_str().unwrap(),
+        "--kind",
+        kind,
+        "--out",
+        out.to_str().unwrap(),
+    ])
+}
+
 #[test]
 fn import_reads_documents_and_trajectories() {
     let tmp = tempfile::tempdir().unwrap();
@@ -155,15 +168,7 @@ fn import_reads_documents_and_trajectories() {
     )
     .unwrap();
     let out = tmp.path().join("shards");
-    let o = agentcpt(&[
-        "data",
-        "import",
-        jsonl.to_str().unwrap(),
-        "--kind",
-        "trajectory",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = import(&jsonl, "trajectory", &out);
     assert!(o.status.success(), "{}", stderr(&o));
     let glob = format!("{}/*.parquet", out.display());
     let o = agentcpt(&["data", "inspect", &glob]);
@@ -203,15 +208,7 @@ fn bad_data_is_a_clear_error() {
         let path = tmp.path().join(name);
         std::fs::write(&path, content).unwrap();
         let out = tmp.path().join(format!("{name}.out"));
-        let o = agentcpt(&[
-            "data",
-            "import",
-            path.to_str().unwrap(),
-            "--kind",
-            "general",
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        let o = import(&path, "general", &out);
         assert_eq!(o.status.code(), Some(2), "{name}: {}", stderr(&o));
         assert!(stderr(&o).contains(expected), "{name}: {}", stderr(&o));
     }

@@ -416,46 +416,43 @@ fn main() {
             bytes as f64 / 1e6
         );
 
-        let clock = Clock::start();
-        let mut tokens = 0u64;
-        for d in &docs {
-            tokens += tok.encode(d).expect("encode").len() as u64 + 1;
-        }
-        let m = clock.stop("tokenize serial (encode per doc)", tokens, 0);
-        m.print();
-        results.push(m);
-
-        let clock = Clock::start();
-        let mut tokens = 0u64;
-        for chunk in docs.chunks(256) {
-            let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
-            for ids in tok.encode_batch(&refs) {
-                tokens += ids.expect("encode").len() as u64 + 1;
-            }
-        }
-        let name = format!("tokenize batch ({} rayon threads)", rayon_threads());
-        let m = clock.stop(name, tokens, 0);
-        m.print();
-        results.push(m);
-
-        // The same through HF `tokenizers` itself: what the direct encoder replaces.
-        let clock = Clock::start();
-        let mut tokens = 0u64;
-        for chunk in docs.chunks(256) {
-            let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
-            let enc = tok.inner().encode_batch_fast(refs, false).expect("encode");
-            tokens += enc
-                .iter()
-                .map(|e| e.get_ids().len() as u64 + 1)
-                .sum::<u64>();
-        }
-        let name = format!(
-            "HF tokenizers encode_batch_fast ({} rayon threads)",
-            rayon_threads()
+        // Tokens per document plus its separator, over the documents `batch` at a time.
+        let mut measure = |name: String, batch: usize, count: &dyn Fn(&[&str]) -> u64| {
+            let clock = Clock::start();
+            let tokens = docs
+                .chunks(batch)
+                .map(|chunk| count(&chunk.iter().map(String::as_str).collect::<Vec<_>>()))
+                .sum();
+            let m = clock.stop(name, tokens, 0);
+            m.print();
+            results.push(m);
+        };
+        let threads = rayon_threads();
+        measure("tokenize serial (encode per doc)".into(), 1, &|d| {
+            tok.encode(d[0]).expect("encode").len() as u64 + 1
+        });
+        measure(
+            format!("tokenize batch ({threads} rayon threads)"),
+            256,
+            &|d| {
+                tok.encode_batch(d)
+                    .into_iter()
+                    .map(|ids| ids.expect("encode").len() as u64 + 1)
+                    .sum()
+            },
         );
-        let m = clock.stop(name, tokens, 0);
-        m.print();
-        results.push(m);
+        // The same through HF `tokenizers` itself: what the direct encoder replaces.
+        measure(
+            format!("HF tokenizers encode_batch_fast ({threads} rayon threads)"),
+            256,
+            &|d| {
+                let enc = tok
+                    .inner()
+                    .encode_batch_fast(d.to_vec(), false)
+                    .expect("encode");
+                enc.iter().map(|e| e.get_ids().len() as u64 + 1).sum()
+            },
+        );
     }
 
     if want("text") {

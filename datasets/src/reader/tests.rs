@@ -207,19 +207,24 @@ fn missing_required_column() {
     assert!(e.contains("missing column `id`"), "{e}");
 }
 
-#[test]
-fn renamed_content_column() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("renamed.parquet");
+/// A one-row shard with valid id, kind and source columns and `column` as its content.
+fn one_row_shard(path: &Path, name: &str, column: ArrayRef) {
     write_batch(
-        &p,
+        path,
         vec![
             ("id", str_col(&["x"]), false),
             ("kind", str_col(&["general"]), false),
             ("source", str_col(&["s"]), false),
-            ("txt", str_col(&["hello"]), true),
+            (name, column, true),
         ],
     );
+}
+
+#[test]
+fn renamed_content_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("renamed.parquet");
+    one_row_shard(&p, "txt", str_col(&["hello"]));
     let e = open_err(&p);
     assert!(e.contains("no content column") && e.contains("txt"), "{e}");
 }
@@ -228,27 +233,11 @@ fn renamed_content_column() {
 fn wrong_column_type() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("wrongtype.parquet");
-    write_batch(
-        &p,
-        vec![
-            ("id", str_col(&["x"]), false),
-            ("kind", str_col(&["general"]), false),
-            ("source", str_col(&["s"]), false),
-            ("text", Arc::new(Int64Array::from(vec![1])), true),
-        ],
-    );
+    one_row_shard(&p, "text", Arc::new(Int64Array::from(vec![1])));
     let e = open_err(&p);
     assert!(e.contains("column `text` has type Int64"), "{e}");
     let p2 = dir.path().join("wrongids.parquet");
-    write_batch(
-        &p2,
-        vec![
-            ("id", str_col(&["x"]), false),
-            ("kind", str_col(&["general"]), false),
-            ("source", str_col(&["s"]), false),
-            ("input_ids", str_col(&["1 2 3"]), true),
-        ],
-    );
+    one_row_shard(&p2, "input_ids", str_col(&["1 2 3"]));
     let e = open_err(&p2);
     assert!(
         e.contains("column `input_ids`") && e.contains("list<int32>"),

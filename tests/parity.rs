@@ -215,15 +215,15 @@ fn check_step(case: &str, device: &agentcpt_model::burn::tensor::Device) {
         let Some(name) = key.strip_prefix("grad.") else {
             continue;
         };
-        let mut sum: Option<Vec<f32>> = None;
-        for g in out.grads.iter().filter(|g| g.name() == name) {
-            let v = g.to_f32_vec();
-            sum = Some(match sum {
-                Some(s) => s.iter().zip(&v).map(|(a, b)| a + b).collect(),
-                None => v,
-            });
-        }
-        let sum = sum.unwrap_or_else(|| panic!("step {case}: no gradient for {name}"));
+        let mut matching = out.grads.iter().filter(|g| g.name() == name);
+        let sum = matching
+            .next()
+            .unwrap_or_else(|| panic!("step {case}: no gradient for {name}"))
+            .to_f32_vec();
+        assert!(
+            matching.next().is_none(),
+            "step {case}: two gradients for {name}"
+        );
         assert_close(&format!("step {case} grad {name}"), &sum, reference);
         compared += 1;
     }

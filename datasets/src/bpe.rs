@@ -11,6 +11,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use aho_corasick::{AhoCorasick, MatchKind};
 use serde_json::Value;
@@ -44,6 +45,9 @@ struct WordCache {
     words: HashMap<Box<[u8]>, Box<[u32]>>,
 }
 
+/// Encoder ids start at 1: a thread's cache starts out owned by none.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
 thread_local! {
     static WORDS: RefCell<WordCache> = RefCell::new(WordCache {
         owner: 0,
@@ -54,7 +58,7 @@ thread_local! {
 impl DirectEncoder {
     /// The direct encoder for `tokenizer` (parsed from `json`), or `None` when the tokenizer
     /// is not of the shape this module reproduces.
-    pub fn new(json: &Value, tokenizer: &tokenizers::Tokenizer, id: u64) -> Option<Self> {
+    pub fn new(json: &Value, tokenizer: &tokenizers::Tokenizer) -> Option<Self> {
         let pre = &json["pre_tokenizer"]["pretokenizers"];
         let shape_ok = matches!(pre.as_array().map(Vec::as_slice), Some([split, byte_level])
             if split["type"] == "Split"
@@ -73,13 +77,15 @@ impl DirectEncoder {
             && model["byte_fallback"] != true
             && model["ignore_merges"] != true;
         let normalizer_ok = json["normalizer"].is_null() || json["normalizer"]["type"] == "NFC";
+        // HF's encode applies these; the direct path does not.
+        let plain = json["truncation"].is_null() && json["padding"].is_null();
         let added = json["added_tokens"].as_array()?;
         let added_ok = added.iter().all(|t| {
             ["lstrip", "rstrip", "single_word", "normalized"]
                 .iter()
                 .all(|flag| t[flag] == false)
         });
-        if !(shape_ok && model_ok && normalizer_ok && added_ok) {
+        if !(shape_ok && model_ok && normalizer_ok && added_ok && plain) {
             return None;
         }
         let vocab: HashMap<&str, u32> = model["vocab"]
@@ -101,15 +107,20 @@ impl DirectEncoder {
             };
             let merged = *vocab.get(format!("{left}{right}").as_str())?;
             let key = pair_key(*vocab.get(left)?, *vocab.get(right)?);
-            merges.entry(key).or_insert((rank as u32, merged));
+            // A repeated merge keeps its last rank, as HF's merge map does.
+            merges.insert(key, (rank as u32, merged));
         }
+        // As HF: empty contents are skipped, ids are the vocabulary's for each content.
         let contents: Vec<&str> = added
             .iter()
             .map(|t| t["content"].as_str())
-            .collect::<Option<_>>()?;
-        let added_ids = added
+            .collect::<Option<Vec<_>>>()?
+            .into_iter()
+            .filter(|c| !c.is_empty())
+            .collect();
+        let added_ids = contents
             .iter()
-            .map(|t| u32::try_from(t["id"].as_u64()?).ok())
+            .map(|c| tokenizer.token_to_id(c))
             .collect::<Option<_>>()?;
         Some(Self {
             added: AhoCorasick::builder()
@@ -122,7 +133,7 @@ impl DirectEncoder {
             byte_chars,
             merges,
             model: tokenizer.get_model().clone(),
-            id,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         })
     }
 

@@ -6,14 +6,14 @@
 //! ([`mixture`]) and packs fixed-length rows with document boundaries ([`packing`]). Its
 //! [`loader::LoaderState`] makes resume exact. See `datasets/README.md`.
 
-pub mod bpe;
+mod bpe;
 pub mod chat;
 pub mod error;
 pub mod json;
 pub mod loader;
 pub mod mixture;
 pub mod packing;
-pub mod qwen2_split;
+mod qwen2_split;
 pub mod reader;
 pub mod render;
 pub mod rng;

@@ -61,7 +61,7 @@ impl HfTokenizer {
             serde_json::from_slice(bytes).map_err(|e| DataError::Tokenizer(e.to_string()))?;
         let fingerprint = fnv1a(bytes);
         Ok(HfTokenizer {
-            direct: DirectEncoder::new(&json, &inner, fingerprint),
+            direct: DirectEncoder::new(&json, &inner),
             inner,
             fingerprint,
         })
@@ -119,8 +119,7 @@ impl Encoder for HfTokenizer {
     /// The texts are encoded in parallel on rayon's global pool, through HF `tokenizers`' own
     /// parallelism switch (all cores unless `RAYON_NUM_THREADS` or
     /// `TOKENIZERS_PARALLELISM=false` say otherwise). Each item is [`Self::encode`] itself,
-    /// run on a worker thread, so only the ids come back (the `Encoding` is freed where it
-    /// was built).
+    /// run on a worker thread, so only the ids come back.
     fn encode_batch(&self, texts: &[&str]) -> Vec<Result<Vec<u32>>> {
         use tokenizers::parallelism::MaybeParallelRefIterator;
         texts.maybe_par_iter().map(|t| self.encode(t)).collect()
@@ -176,6 +175,27 @@ pub(crate) mod tests {
             );
         }
         HfTokenizer::from_file(&path).expect("load Qwen3 tokenizer.json")
+    }
+
+    /// A tokenizer.json of another shape (here: NFKC, or truncation on) keeps the HF path.
+    #[test]
+    fn other_tokenizer_shapes_are_not_encoded_directly() {
+        let text = std::fs::read_to_string(default_qwen3_tokenizer_path()).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let variants = [
+            ("normalizer", serde_json::json!({"type": "NFKC"})),
+            (
+                "truncation",
+                serde_json::json!({"direction": "Right", "max_length": 8, "strategy": "LongestFirst", "stride": 0}),
+            ),
+        ];
+        for (key, value) in variants {
+            let mut changed = json.clone();
+            changed[key] = value;
+            let tok = HfTokenizer::from_bytes(changed.to_string().as_bytes()).unwrap();
+            assert!(!tok.is_direct(), "{key}");
+        }
+        assert!(qwen3().is_direct());
     }
 
     /// The direct encoder gives HF's ids, on agent text with special tokens and on random

@@ -22,7 +22,7 @@ use agentcpt::device::{default_dtype, known_peak_tflops, parse_dtype, select, De
 use agentcpt::train::metrics::peak_rss_bytes;
 use agentcpt::train::optimizer::{add_gradients, apply, clip_factor, global_norm, AdamW};
 use agentcpt_model::burn::tensor::{FloatDType, Int, Tensor, TensorData};
-use agentcpt_model::info::training_flops_per_token;
+use agentcpt_model::info::{training_flops_per_token, FLOPS_CONVENTION};
 use agentcpt_model::step::StepOptions;
 use agentcpt_model::{Qwen3, Qwen3Config, SequenceLayout};
 use serde_json::json;
@@ -88,9 +88,9 @@ fn main() {
         "" => default_dtype(&spec),
         d => parse_dtype(d).expect("--dtype"),
     };
-    let peak = match arg(&args, "--peak-tflops", 0) {
-        0 => known_peak_tflops(&spec, dtype),
-        p => Some(p as f64),
+    let peak = match text_arg(&args, "--peak-tflops", "") {
+        "" => known_peak_tflops(&spec, dtype),
+        p => Some(p.parse::<f64>().expect("--peak-tflops: a number")),
     };
     // Master weights in f32, compute in `dtype`, as the trainer does.
     let device = select(&spec, Some(FloatDType::F32))
@@ -152,7 +152,7 @@ fn main() {
             "tokens_per_s": seq as f64 / secs,
             "tflops": seq as f64 * flops_per_token / secs / 1e12,
             "mfu": peak.map(|p| seq as f64 * flops_per_token / secs / 1e12 / p),
-            "flops_convention": "6·N_active + 6·L·H·D·S (causal)",
+            "flops_convention": FLOPS_CONVENTION,
             "peak_rss_bytes": peak_rss_bytes(),
             "loss": loss,
         })

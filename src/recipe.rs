@@ -411,7 +411,7 @@ impl LoadedRecipe {
         Ok(())
     }
 
-    /// Sequences per forward pass × forward passes per optimiser step.
+    /// Forward passes (micro-batches) per optimiser step.
     pub fn accumulation_steps(&self) -> u64 {
         let r = &self.recipe;
         r.train.global_batch_tokens / (r.data.seq_len * r.train.micro_batch) as u64

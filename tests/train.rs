@@ -76,6 +76,7 @@ fn tiny_curriculum_runs_stage1_then_stage2() {
         &[
             format!("run.output_dir=\"{}\"", stage1.display()),
             "train.steps=12".into(),
+            "checkpoint.every=1".into(),
             "metrics.tensorboard=true".into(),
         ],
     );
@@ -170,6 +171,10 @@ fn resume_after_kill_reproduces_the_uninterrupted_run() {
         }
         child.kill().unwrap(); // SIGKILL: no chance to clean up
         child.wait().unwrap();
+        assert!(
+            complete_lines() < steps as usize,
+            "killed after {kill_after}: the run had already finished"
+        );
         let o = train(&recipe("tiny-stage1.toml"), &stage1_sets(&run, steps));
         assert!(o.status.success(), "resume {i}: {}", stderr(&o));
         if kill_after >= 2 {

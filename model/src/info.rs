@@ -11,6 +11,9 @@ pub struct ParamCounts {
     pub embedding: u64,
 }
 
+/// How [`training_flops_per_token`] counts, as logged beside TFLOP/s and MFU.
+pub const FLOPS_CONVENTION: &str = "6·N_active + 6·L·H·D·S (causal)";
+
 /// Training FLOPs per token, forward and backward: `6·N + 6·L·H·D·S`, where N counts the
 /// parameters a token goes through in matmuls (the active ones, without the input
 /// embedding's lookup but with the LM head, tied or not) and the second term is causal

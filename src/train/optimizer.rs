@@ -204,7 +204,7 @@ pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
     }
 }
 
-/// Adds a step's gradients (per name, several entries for a tied weight) into `acc`,
+/// Adds a micro-batch's gradients into `acc` (summed by name across micro-batches),
 /// flattened, with each parameter's rank.
 pub fn add_gradients(acc: &mut BTreeMap<String, (Tensor<1>, usize)>, grads: Vec<NamedTensor>) {
     for grad in grads {

@@ -16,8 +16,9 @@ pub struct EventWriter {
 }
 
 impl EventWriter {
-    /// A new event file in `dir`. On resume (`resume_step` > 0) a `SessionLog START` at the
-    /// next step tells TensorBoard to drop what the interrupted run logged after its checkpoint.
+    /// A new event file in `dir`, starting with a `SessionLog START` at the next step: it
+    /// tells TensorBoard to drop whatever an interrupted run logged after `resume_step` (its
+    /// checkpoint, or 0 when it crashed before its first).
     pub fn create(dir: &Path, resume_step: u64) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let now = wall_time();
@@ -38,13 +39,11 @@ impl EventWriter {
         let mut event = event_header(now, 0);
         bytes_field(&mut event, 3, b"brain.Event:2");
         writer.record(&event)?;
-        if resume_step > 0 {
-            let mut event = event_header(now, resume_step + 1);
-            let mut session_log = Vec::new();
-            varint_field(&mut session_log, 1, 1); // status = START
-            bytes_field(&mut event, 7, &session_log);
-            writer.record(&event)?;
-        }
+        let mut event = event_header(now, resume_step + 1);
+        let mut session_log = Vec::new();
+        varint_field(&mut session_log, 1, 1); // status = START
+        bytes_field(&mut event, 7, &session_log);
+        writer.record(&event)?;
         Ok(writer)
     }
 

@@ -9,12 +9,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
-use agentcpt_datasets::{DataParallel, Loader, PackedSequence};
+use agentcpt_datasets::{DataParallel, Encoder, Loader, PackedSequence, SourceConfig};
 use agentcpt_model::burn::module::Module;
 use agentcpt_model::burn::tensor::{Device, FloatDType, Int, Tensor};
-use agentcpt_model::info::training_flops_per_token;
+use agentcpt_model::info::{training_flops_per_token, FLOPS_CONVENTION};
 use agentcpt_model::step::StepOptions;
 use agentcpt_model::{Qwen3, Qwen3Config, RopeScaling, SequenceLayout};
 use anyhow::{bail, Context, Result};
@@ -48,6 +49,10 @@ pub struct Trainer {
     run_dir: PathBuf,
     metrics: MetricsLog,
     tensorboard: Option<EventWriter>,
+    /// The data's tokenizer, shared by the training and evaluation loaders.
+    encoder: Arc<dyn Encoder>,
+    /// Training FLOPs per token of this model at the recipe's sequence length.
+    flops_per_token: f64,
     /// The dtype forward and backward run in; `self.model` holds the f32 master weights.
     compute_dtype: FloatDType,
     /// Dense peak TFLOP/s for MFU, when known.
@@ -133,6 +138,10 @@ impl Trainer {
         fresh: bool,
     ) -> Result<Self> {
         let run_dir = recipe.output_dir();
+        // Everything that can reject the recipe runs before `--fresh` deletes anything.
+        let config = model_config(&recipe)?;
+        check_compatibility(&recipe, &config)?;
+        let encoder = recipe.encoder()?;
         let resume_from = if fresh {
             None
         } else {
@@ -144,9 +153,6 @@ impl Trainer {
         }
         std::fs::create_dir_all(&run_dir)
             .with_context(|| format!("cannot create {}", run_dir.display()))?;
-        let config = model_config(&recipe)?;
-        check_compatibility(&recipe, &config)?;
-        let encoder = recipe.encoder()?;
         let data = recipe.recipe.data.clone();
         let inner = device.clone().without_autodiff();
         let mut optimizer = AdamW::new(recipe.recipe.optimizer.clone());
@@ -159,7 +165,8 @@ impl Trainer {
                     checkpoint::read_optimizer(ckpt)?,
                     &inner,
                 )?;
-                let loader = Loader::resume(data, encoder, DataParallel::SINGLE, &state.loader)?;
+                let loader =
+                    Loader::resume(data, encoder.clone(), DataParallel::SINGLE, &state.loader)?;
                 eprintln!(
                     "resuming {} from {} (step {})",
                     recipe.recipe.run.name,
@@ -187,7 +194,7 @@ impl Trainer {
                         Qwen3::load_with_config(&ckpt.join(MODEL_DIR), config, &device)?
                     }
                 };
-                let loader = Loader::open(data, encoder, DataParallel::SINGLE)?;
+                let loader = Loader::open(data, encoder.clone(), DataParallel::SINGLE)?;
                 let state = TrainerState {
                     step: 0,
                     tokens_seen: 0,
@@ -217,6 +224,7 @@ impl Trainer {
             .ok()
             .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
             .unwrap_or_default();
+        let flops_per_token = training_flops_per_token(&model.config, recipe.recipe.data.seq_len);
         Ok(Self {
             recipe,
             device,
@@ -225,8 +233,10 @@ impl Trainer {
             loader,
             state,
             run_dir,
+            flops_per_token,
             metrics,
             tensorboard,
+            encoder,
             compute_dtype,
             peak_tflops,
             aux_coef,
@@ -305,18 +315,11 @@ impl Trainer {
         }
         // The loss is a mean over every counted target of the whole step, as one big batch.
         let counted: usize = batches.iter().flatten().map(counted_targets).sum();
-        let names: Vec<String> = self
-            .recipe
-            .recipe
-            .data
-            .sources
-            .iter()
-            .map(|s| s.name.clone())
-            .collect();
         let mut grads: BTreeMap<String, (Tensor<1>, usize)> = BTreeMap::new();
         let (mut ce_sum, mut aux_sum, mut z_sum) = (0f64, 0f64, 0f64);
         let z_coef = self.recipe.recipe.loss.router_z_loss_coef;
-        let mut source_loss: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+        let sources = &self.recipe.recipe.data.sources;
+        let mut source_loss = vec![(0f64, 0usize); sources.len()];
         let mut expert_tokens: Vec<Vec<i64>> = Vec::new();
         let runtime = &self.recipe.recipe.runtime;
         let options = StepOptions {
@@ -334,7 +337,7 @@ impl Trainer {
             ce_sum += out.ce_sum;
             aux_sum += out.aux.unwrap_or(0.0);
             z_sum += out.z.unwrap_or(0.0);
-            attribute_loss(batch, &out.per_token, &names, &mut source_loss);
+            attribute_loss(batch, &out.per_token, &mut source_loss);
             for (layer, counts) in out.expert_counts.into_iter().enumerate() {
                 match expert_tokens.get_mut(layer) {
                     Some(acc) => acc.iter_mut().zip(counts).for_each(|(a, c)| *a += c),
@@ -375,13 +378,11 @@ impl Trainer {
         self.state.step += 1;
         self.state.tokens_seen += tokens;
         let seconds = started.elapsed().as_secs_f64();
-        let flops_per_token =
-            training_flops_per_token(&self.model.config, self.recipe.recipe.data.seq_len);
-        let tflops = tokens as f64 * flops_per_token / seconds / 1e12;
+        let tflops = tokens as f64 * self.flops_per_token / seconds / 1e12;
         Ok(json!({
             "step": step + 1,
             "loss": loss,
-            "loss_per_source": source_loss.iter().map(|(k, (s, n))| (k.clone(), json!(s / (*n).max(1) as f64))).collect::<serde_json::Map<_, _>>(),
+            "loss_per_source": mean_per_source(sources, &source_loss),
             "aux_loss": self.aux_coef.map(|_| aux_sum / accumulation as f64),
             "z_loss": z_coef.map(|_| z_sum / accumulation as f64),
             "grad_norm": grad_norm,
@@ -389,7 +390,7 @@ impl Trainer {
             "tokens": self.state.tokens_seen,
             "tokens_per_s": tokens as f64 / seconds,
             "tflops": tflops,
-            "flops_convention": "6·N_active + 6·L·H·D·S (causal)",
+            "flops_convention": FLOPS_CONVENTION,
             "mfu": self.peak_tflops.map(|peak| tflops / peak),
             "peak_rss_bytes": peak_rss_bytes(),
             "skipped": skipped,
@@ -408,15 +409,14 @@ impl Trainer {
             .eval
             .as_ref()
             .expect("called with an eval section");
-        let data = &self.recipe.recipe.data;
-        let mut config =
-            agentcpt_datasets::LoaderConfig::new(data.seq_len, data.seed, eval.sources.clone());
-        config.eot_id = data.eot_id;
-        config.pad_id = data.pad_id;
-        let names: Vec<String> = eval.sources.iter().map(|s| s.name.clone()).collect();
-        let mut loader = Loader::open(config, self.recipe.encoder()?, DataParallel::SINGLE)?;
+        // Packed exactly as the training data is, from the held-out sources.
+        let config = agentcpt_datasets::LoaderConfig {
+            sources: eval.sources.clone(),
+            ..self.recipe.recipe.data.clone()
+        };
+        let mut loader = Loader::open(config, self.encoder.clone(), DataParallel::SINGLE)?;
         let model = self.model.valid();
-        let mut per_source: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+        let mut per_source = vec![(0f64, 0usize); eval.sources.len()];
         let runtime = &self.recipe.recipe.runtime;
         for _ in 0..eval.batches {
             let batch = loader.next_batch(self.recipe.recipe.train.micro_batch)?;
@@ -436,13 +436,9 @@ impl Trainer {
                 .convert::<f32>()
                 .try_into_vec::<f32>()
                 .expect("f32");
-            attribute_loss(&batch, &per_token, &names, &mut per_source);
+            attribute_loss(&batch, &per_token, &mut per_source);
         }
-        Ok(per_source
-            .into_iter()
-            .map(|(k, (s, n))| (k, json!(s / n.max(1) as f64)))
-            .collect::<serde_json::Map<_, _>>()
-            .into())
+        Ok(mean_per_source(&eval.sources, &per_source))
     }
 
     /// The device tensors of one micro-batch.
@@ -473,30 +469,38 @@ fn counted_targets(seq: &PackedSequence) -> usize {
     seq.loss_mask.iter().skip(1).filter(|&&m| m != 0).count()
 }
 
-/// Adds each scored position's loss to the source of the token it predicts.
-fn attribute_loss(
-    batch: &[PackedSequence],
-    per_token: &[f32],
-    names: &[String],
-    acc: &mut BTreeMap<String, (f64, usize)>,
-) {
+/// Adds each scored position's loss to the source of the token it predicts: `acc[source]`
+/// holds the sum and the count.
+fn attribute_loss(batch: &[PackedSequence], per_token: &[f32], acc: &mut [(f64, usize)]) {
     let targets_per_row = per_token.len() / batch.len().max(1);
     for (row, seq) in batch.iter().enumerate() {
+        let losses = &per_token[row * targets_per_row..(row + 1) * targets_per_row];
         let mut t = 0usize;
         for segment in &seq.segments {
-            for _ in 0..segment.len {
-                // Position t − 1 predicts token t.
-                if t >= 1 && seq.loss_mask[t] != 0 {
-                    if let Some(source) = segment.source {
-                        let entry = acc.entry(names[source as usize].clone()).or_default();
-                        entry.0 += per_token[row * targets_per_row + t - 1] as f64;
-                        entry.1 += 1;
-                    }
-                }
-                t += 1;
+            let range = t..t + segment.len as usize;
+            t = range.end;
+            let Some(source) = segment.source else {
+                continue;
+            };
+            let entry = &mut acc[source as usize];
+            // Position t − 1 predicts token t.
+            for t in range.filter(|&t| t >= 1 && seq.loss_mask[t] != 0) {
+                entry.0 += losses[t - 1] as f64;
+                entry.1 += 1;
             }
         }
     }
+}
+
+/// `{source name: mean loss}` for the sources that had scored tokens.
+fn mean_per_source(sources: &[SourceConfig], acc: &[(f64, usize)]) -> Value {
+    sources
+        .iter()
+        .zip(acc)
+        .filter(|(_, (_, n))| *n > 0)
+        .map(|(s, (sum, n))| (s.name.clone(), json!(sum / *n as f64)))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 /// max / mean tokens per expert (1 is perfectly balanced).

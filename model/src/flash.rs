@@ -275,7 +275,6 @@ mod tests {
     #[test]
     fn blockwise_attention_matches_the_materialising_one() {
         let device = Device::flex().autodiff();
-        device.seed(9);
         let (b, h, kv, s, d) = (2, 4, 2, 11, 8);
         let layouts = [
             ("causal", SequenceLayout::contiguous(b, s, 0, &device)),
@@ -286,10 +285,12 @@ mod tests {
             ),
         ];
         for (name, layout) in &layouts {
-            let q = Tensor::<4>::random([b, h, s, d], Distribution::Normal(0.0, 1.0), &device);
-            let k = Tensor::<4>::random([b, kv, s, d], Distribution::Normal(0.0, 1.0), &device);
-            let v = Tensor::<4>::random([b, kv, s, d], Distribution::Normal(0.0, 1.0), &device);
-            let dout = Tensor::<4>::random([b, h, s, d], Distribution::Normal(0.0, 1.0), &device);
+            let normal = |heads| {
+                Tensor::<4>::random([b, heads, s, d], Distribution::Normal(0.0, 1.0), &device)
+            };
+            let (q, k, v, dout) = crate::model::tests::seeded(&device, 9, || {
+                (normal(h), normal(kv), normal(kv), normal(h))
+            });
             let (qt, kt, vt) = (
                 q.clone().require_grad(),
                 k.clone().require_grad(),

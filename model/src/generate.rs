@@ -143,8 +143,9 @@ mod tests {
     use super::*;
 
     fn tiny_moe(device: &Device) -> Qwen3 {
-        device.seed(17);
-        Qwen3::random(crate::model::tests::tiny_moe_config(), device)
+        crate::model::tests::seeded(device, 17, || {
+            Qwen3::random(crate::model::tests::tiny_moe_config(), device)
+        })
     }
 
     /// Decoding with the cache must pick what a full forward over the whole sequence picks.

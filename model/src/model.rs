@@ -544,6 +544,16 @@ pub(crate) mod tests {
     use super::*;
     use burn::tensor::FloatDType;
 
+    /// Runs `draw` right after seeding `device`, under one lock: flex keeps a single RNG for
+    /// the process and tests run on parallel threads, so without the lock another test's
+    /// draws would change this test's random values.
+    pub(crate) fn seeded<T>(device: &Device, seed: u64, draw: impl FnOnce() -> T) -> T {
+        static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        device.seed(seed);
+        draw()
+    }
+
     /// A 2-layer, 4-expert Qwen3-MoE small enough for unit tests.
     pub(crate) fn tiny_moe_config() -> Qwen3Config {
         tiny_moe_config_with(serde_json::json!({}))
@@ -569,9 +579,7 @@ pub(crate) mod tests {
     #[test]
     fn compute_copy_sends_gradients_to_the_f32_master() {
         let device = Device::flex().autodiff();
-        device.seed(3);
-        let config = tiny_moe_config();
-        let master = Qwen3::random(config, &device);
+        let master = seeded(&device, 3, || Qwen3::random(tiny_moe_config(), &device));
         let ids: Vec<Vec<i64>> = vec![(0..16).map(|i| (i * 7 + 3) % 64).collect()];
         let layout = SequenceLayout::contiguous(1, 16, 0, &device);
         let grads_of = |model: &Qwen3| {

@@ -461,7 +461,7 @@ fn layer_index(name: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::tests::tiny_moe_config_with;
+    use crate::model::tests::{seeded, tiny_moe_config, tiny_moe_config_with};
     use burn::module::Module;
     use burn::tensor::Device;
 
@@ -519,11 +519,8 @@ mod tests {
     fn segmented_step_matches_the_plain_backward() {
         let device = Device::flex().autodiff();
         for tied in [false, true] {
-            device.seed(5);
-            let model = Qwen3::random(
-                tiny_moe_config_with(serde_json::json!({ "tie_word_embeddings": tied })),
-                &device,
-            );
+            let config = tiny_moe_config_with(serde_json::json!({ "tie_word_embeddings": tied }));
+            let model = seeded(&device, 5, || Qwen3::random(config, &device));
             let ids: Vec<Vec<i64>> = (0..2)
                 .map(|r| (0..12).map(|i| (i * 5 + r * 11 + 1) % 64).collect())
                 .collect();
@@ -610,8 +607,7 @@ mod tests {
     #[test]
     fn bf16_blockwise_step_reaches_every_master_parameter() {
         let device = Device::flex().autodiff();
-        device.seed(5);
-        let model = Qwen3::random(tiny_moe_config_with(serde_json::json!({})), &device);
+        let model = seeded(&device, 5, || Qwen3::random(tiny_moe_config(), &device));
         let ids: Vec<Vec<i64>> = vec![(0..12).map(|i| (i * 5 + 1) % 64).collect()];
         let layout = SequenceLayout::from_document_lengths(&[vec![5, 7]], 12, &device).unwrap();
         let (ce, _, _, _, grads) = reference(&model, &ids, &layout, &device, (0.01, 0.001));

@@ -1,5 +1,5 @@
-//! The command line: `agentcpt model info|forward|init|convert`, `generate`, `recipe`, `data`
-//! and `report`.
+//! The command line: `agentcpt model info|forward|init|convert`, `generate`, `recipe`, `data`,
+//! `synth`, `serve` and `report`.
 
 use std::path::PathBuf;
 
@@ -45,6 +45,11 @@ pub enum Command {
     /// Import, inspect, tokenize and preview training data.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Synthesize FAS and HAS training data with a language model (nothing is executed).
+    #[command(subcommand)]
+    Synth(Box<SynthCommand>),
+    /// Serve a checkpoint as an OpenAI-compatible chat endpoint (/v1/chat/completions, /v1/models).
+    Serve(ServeArgs),
     /// Charts of a run's metrics.jsonl (loss, throughput, optimiser, expert load) as PNG and SVG.
     Report {
         /// The run directory (holding metrics.jsonl).
@@ -56,6 +61,155 @@ pub enum Command {
         #[arg(long)]
         font: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SynthCommand {
+    /// Documents (JSONL `text`, trajectories' tool responses, Parquet) → entity memory.
+    Memory {
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Documents longer than this are read in chunks (at paragraph breaks).
+        #[arg(long, default_value_t = 12_000)]
+        max_doc_chars: usize,
+        #[command(flatten)]
+        llm: SynthLlmArgs,
+    },
+    /// Entity memory → questions in several styles, linked to their statements.
+    Questions {
+        /// memory.jsonl written by `synth memory`.
+        #[arg(long)]
+        memory: PathBuf,
+        /// Entities per cluster (the anchor and entities sharing a source with it).
+        #[arg(long, default_value_t = 3)]
+        cluster_size: usize,
+        /// Comma-separated styles.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "factual_retrieval,numerical_computation,multi_hop,synthesis"
+        )]
+        styles: Vec<String>,
+        #[command(flatten)]
+        llm: SynthLlmArgs,
+    },
+    /// Questions → planning actions (analysis + first tool call), judged against the knowledge.
+    Plan {
+        /// questions.jsonl written by `synth questions`.
+        #[arg(long)]
+        questions: PathBuf,
+        /// `Current date` of the agent system prompt (fixed, so runs repeat).
+        #[arg(long, default_value = "2025-01-01")]
+        date: String,
+        #[command(flatten)]
+        llm: SynthLlmArgs,
+    },
+    /// Questions → reasoning actions (internal attempt, refined with the knowledge).
+    Reason {
+        #[arg(long)]
+        questions: PathBuf,
+        #[arg(long, default_value_t = 40)]
+        min_reasoning_chars: usize,
+        #[arg(long, default_value_t = 12_000)]
+        max_reasoning_chars: usize,
+        #[command(flatten)]
+        llm: SynthLlmArgs,
+    },
+    /// ReAct trajectories (JSONL) → step-wise decision samples with a final judgement.
+    Has {
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Fewest alternatives per step (drawn per step between the two bounds).
+        #[arg(long, default_value_t = 1)]
+        min_alternatives: usize,
+        #[arg(long, default_value_t = 3)]
+        max_alternatives: usize,
+        /// Ask the LLM judge when the normalised answer does not match the reference.
+        #[arg(long)]
+        llm_judge: bool,
+        /// Longer samples go to the stage-2 shards.
+        #[arg(long, default_value_t = 32_768)]
+        stage1_max_tokens: usize,
+        /// tokenizer.json that counts tokens for routing, or `bytes` (default: the Qwen3
+        /// tokenizer where scripts/fetch-qwen-tokenizer.sh puts it).
+        #[arg(long)]
+        count_tokenizer: Option<String>,
+        #[command(flatten)]
+        llm: SynthLlmArgs,
+    },
+}
+
+/// The model every synth command talks to, and the run's settings.
+#[derive(Debug, Args)]
+pub struct SynthLlmArgs {
+    /// Output directory (journal, response cache, report and outputs; re-running resumes).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1.
+    #[arg(long)]
+    pub base_url: Option<String>,
+    /// Model name at the endpoint (with --local: the name recorded in provenance).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Environment variable holding the API key (default: OPENAI_API_KEY where it is set).
+    #[arg(long)]
+    pub api_key_env: Option<String>,
+    /// Run agentcpt's own checkpoint in process instead of calling an endpoint.
+    #[arg(long)]
+    pub local: Option<PathBuf>,
+    /// With --local: tokenizer.json, or `bytes` (default: LOCAL/tokenizer.json).
+    #[arg(long)]
+    pub tokenizer: Option<String>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Seconds a request may take in all.
+    #[arg(long, default_value_t = 300.0)]
+    pub timeout_secs: f64,
+    /// Retries on timeouts, 429 and 5xx (exponential backoff; Retry-After honoured).
+    #[arg(long, default_value_t = 6)]
+    pub max_retries: u32,
+    /// First backoff in milliseconds (doubles per retry, at most 60 s).
+    #[arg(long, default_value_t = 500)]
+    pub retry_base_ms: u64,
+    /// Items in flight at once.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f64,
+    /// Most tokens per model reply.
+    #[arg(long, default_value_t = 2048)]
+    pub max_tokens: usize,
+    /// Directory of prompt files overriding the built-in ones by name (see datasets/prompts/).
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// Do not keep responses in OUT/responses.jsonl.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Checkpoint directory (config.json + safetensors).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// tokenizer.json, or `bytes` (default: MODEL/tokenizer.json).
+    #[arg(long)]
+    pub tokenizer: Option<String>,
+    /// Name the endpoint serves (default: the directory's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Address to bind; anything but loopback exposes the model to the network.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port (0 picks a free one; the address is printed).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -131,7 +285,7 @@ pub struct DeviceArgs {
 }
 
 impl DeviceArgs {
-    fn device(&self) -> Result<agentcpt_model::burn::tensor::Device> {
+    pub fn device(&self) -> Result<agentcpt_model::burn::tensor::Device> {
         select(
             &self.device,
             self.dtype.as_deref().map(parse_dtype).transpose()?,
@@ -259,6 +413,18 @@ pub fn run(cli: Cli) -> Result<()> {
             commands::model::convert(&model, &out, &options, &device.device()?)
         }
         Command::Data(command) => run_data(command),
+        Command::Synth(command) => run_synth(*command),
+        Command::Serve(args) => {
+            let tokenizer =
+                crate::local_llm::ChatTokenizer::resolve(args.tokenizer.as_deref(), &args.model)?;
+            let chat = crate::local_llm::LocalChat::load(
+                &args.model,
+                tokenizer,
+                args.name,
+                args.device.device()?,
+            )?;
+            commands::serve::run(chat, &args.host, args.port)
+        }
         Command::Report { run_dir, out, font } => {
             let out = out.unwrap_or_else(|| run_dir.join("report"));
             for path in crate::report::write(&run_dir, &out, font.as_deref())? {
@@ -296,6 +462,89 @@ pub fn run(cli: Cli) -> Result<()> {
             )
         }
     }
+}
+
+fn run_synth(command: SynthCommand) -> Result<()> {
+    use agentcpt_datasets::synth::{has, memory, plan, questions, reason};
+    use commands::synth::{check_inputs, print, synth};
+    let (report, out) = match command {
+        SynthCommand::Memory {
+            inputs,
+            max_doc_chars,
+            llm,
+        } => {
+            check_inputs(&inputs)?;
+            let s = synth(&llm, &llm.out)?;
+            (memory::run(&s, &inputs, &llm.out, max_doc_chars)?, llm.out)
+        }
+        SynthCommand::Questions {
+            memory,
+            cluster_size,
+            styles,
+            llm,
+        } => {
+            check_inputs(std::slice::from_ref(&memory))?;
+            let s = synth(&llm, &llm.out)?;
+            let report = questions::run(&s, &memory, &llm.out, cluster_size, &styles)?;
+            (report, llm.out)
+        }
+        SynthCommand::Plan {
+            questions,
+            date,
+            llm,
+        } => {
+            check_inputs(std::slice::from_ref(&questions))?;
+            let s = synth(&llm, &llm.out)?;
+            (plan::run(&s, &questions, &llm.out, &date)?, llm.out)
+        }
+        SynthCommand::Reason {
+            questions,
+            min_reasoning_chars,
+            max_reasoning_chars,
+            llm,
+        } => {
+            check_inputs(std::slice::from_ref(&questions))?;
+            let s = synth(&llm, &llm.out)?;
+            let bounds = min_reasoning_chars..=max_reasoning_chars;
+            (reason::run(&s, &questions, &llm.out, bounds)?, llm.out)
+        }
+        SynthCommand::Has {
+            inputs,
+            min_alternatives,
+            max_alternatives,
+            llm_judge,
+            stage1_max_tokens,
+            count_tokenizer,
+            llm,
+        } => {
+            check_inputs(&inputs)?;
+            let encoder: Box<dyn agentcpt_datasets::Encoder> = match count_tokenizer.as_deref() {
+                Some("bytes") => Box::new(agentcpt_datasets::ByteEncoder),
+                Some(path) => Box::new(agentcpt_datasets::HfTokenizer::from_file(path)?),
+                None => Box::new(
+                    agentcpt_datasets::HfTokenizer::from_file(
+                        agentcpt_datasets::default_qwen3_tokenizer_path(),
+                    )
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "{e}; run scripts/fetch-qwen-tokenizer.sh or pass --count-tokenizer"
+                        )
+                    })?,
+                ),
+            };
+            let options = has::HasOptions {
+                alternatives: min_alternatives..=max_alternatives,
+                llm_judge,
+                stage1_max_tokens,
+            };
+            let s = synth(&llm, &llm.out)?;
+            (
+                has::run(&s, &inputs, &llm.out, &options, &*encoder)?,
+                llm.out,
+            )
+        }
+    };
+    print(&report, &out)
 }
 
 fn run_data(command: DataCommand) -> Result<()> {

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod commands;
 pub mod device;
+pub mod local_llm;
 pub mod recipe;
 pub mod report;
 pub mod train;

@@ -5,5 +5,6 @@ mod cli;
 mod common;
 mod data;
 mod parity;
+mod synth;
 mod train;
 mod weights;

@@ -4,7 +4,8 @@
 //! [`loader::Loader`] streams them ([`reader`]), renders ChatML conversations with the
 //! Qwen3 template ([`chat`]), tokenizes ([`tokenizer`]), mixes sources by token weight
 //! ([`mixture`]) and packs fixed-length rows with document boundaries ([`packing`]). Its
-//! [`loader::LoaderState`] makes resume exact. See `datasets/README.md`.
+//! [`loader::LoaderState`] makes resume exact. [`synth`] writes FAS and HAS training data
+//! with a language model. See `datasets/README.md`.
 
 mod bpe;
 pub mod chat;
@@ -18,6 +19,7 @@ pub mod reader;
 pub mod render;
 pub mod rng;
 pub mod schema;
+pub mod synth;
 pub mod tokenizer;
 
 #[cfg(test)]

@@ -4,3 +4,5 @@ pub mod data;
 pub mod generate;
 pub mod model;
 pub mod recipe;
+pub mod serve;
+pub mod synth;

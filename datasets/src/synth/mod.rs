@@ -1,0 +1,192 @@
+//! Offline data synthesis for Agentic CPT (`agentcpt synth`): First-order Action Synthesis
+//! ([`memory`] → [`questions`] → [`plan`], [`reason`]) and High-order Action Synthesis
+//! ([`has`]). Nothing is ever executed: tool calls are text.
+//!
+//! Every command shares one frame: items run on a bounded worker pool ([`runner`]) with a
+//! journal that makes re-runs skip finished items; a model call's sampling seed is derived
+//! from the run seed, the item id and the call's role, so a run is deterministic for a seed
+//! where the model honours seeds; malformed model output rejects the item with a counted
+//! reason; outputs are written whole, in input order, once every item is done.
+
+pub mod cache;
+pub mod client;
+pub mod has;
+pub mod llm;
+pub mod memory;
+pub mod output;
+pub mod parse;
+pub mod plan;
+pub mod prompts;
+pub mod questions;
+pub mod reason;
+pub mod runner;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+use thiserror::Error;
+
+pub use llm::{ChatMessage, ChatModel, ChatRequest, Completion, LlmError};
+pub use prompts::Prompts;
+pub use runner::{Counts, Outcome, Reject};
+
+use crate::rng::{fnv1a, mix_seed};
+
+/// Why a synth command stopped. Rejected items are not errors (they are counted).
+#[derive(Debug, Error)]
+pub enum SynthError {
+    #[error("{}: {error}", path.display())]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// Bad input or settings; the message names the file and line or the option.
+    #[error("{0}")]
+    Input(String),
+    /// The model could not be reached; finished items are journalled.
+    #[error("item `{item}`: {error}\nthe items finished so far are kept in {}; re-run the same command to resume", journal.display())]
+    Llm {
+        item: String,
+        error: LlmError,
+        journal: PathBuf,
+    },
+    #[error(transparent)]
+    Data(#[from] crate::error::DataError),
+}
+
+impl SynthError {
+    pub fn io(path: &Path, error: std::io::Error) -> Self {
+        SynthError::Io {
+            path: path.to_path_buf(),
+            error,
+        }
+    }
+}
+
+/// Sampling and scheduling settings shared by every command.
+#[derive(Debug, Clone, Serialize)]
+pub struct SynthOptions {
+    pub seed: u64,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub max_tokens: usize,
+    /// Items in flight at once (each makes its model calls one after another).
+    #[serde(skip)]
+    pub concurrency: usize,
+}
+
+impl Default for SynthOptions {
+    fn default() -> Self {
+        SynthOptions {
+            seed: 0,
+            temperature: 0.7,
+            top_p: 0.95,
+            max_tokens: 2048,
+            concurrency: 8,
+        }
+    }
+}
+
+/// What every command needs: the model, the prompts, the settings, a progress callback.
+pub struct Synth {
+    pub model: Arc<dyn ChatModel>,
+    pub prompts: Prompts,
+    pub options: SynthOptions,
+    pub progress: Box<dyn Fn(&Counts) + Sync>,
+}
+
+impl Synth {
+    /// Renders prompt `name` with `vars` and asks the model. `role` names the call within the
+    /// item (e.g. `plan`, `judge`, `step-3`), so each call has its own reproducible seed.
+    /// A prompt that cannot be filled is a bug in a user-edited prompt file: an error.
+    pub fn ask(
+        &self,
+        name: &str,
+        vars: &[(&str, &str)],
+        item: &str,
+        role: &str,
+    ) -> Result<String, LlmError> {
+        let messages = self
+            .prompts
+            .get(name)
+            .render(vars)
+            .map_err(LlmError::Local)?;
+        let request = ChatRequest {
+            messages,
+            temperature: self.options.temperature,
+            top_p: self.options.top_p,
+            max_tokens: self.options.max_tokens,
+            seed: self.call_seed(item, role),
+        };
+        Ok(self.model.complete(&request)?.text)
+    }
+
+    /// The seed of one call, from the run seed, the item and the call's role.
+    pub fn call_seed(&self, item: &str, role: &str) -> u64 {
+        mix_seed(&[
+            self.options.seed,
+            fnv1a(item.as_bytes()),
+            fnv1a(role.as_bytes()),
+        ]) & (i64::MAX as u64)
+    }
+
+    /// Settings recorded in `run.json` and compared on resume.
+    pub fn settings(&self, command: &str, extra: Value) -> Value {
+        let mut v = serde_json::json!({
+            "command": command,
+            "model": self.model.name(),
+            "options": self.options,
+        });
+        for (k, x) in extra.as_object().into_iter().flatten() {
+            v[k] = x.clone();
+        }
+        v
+    }
+
+    /// Provenance of the prompts a command used.
+    pub fn prompt_versions(&self, names: &[&str]) -> Value {
+        names
+            .iter()
+            .map(|n| {
+                (
+                    n.to_string(),
+                    Value::from(self.prompts.get(n).version.clone()),
+                )
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+}
+
+/// What a command reports: counts, the files written, and command-specific figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub command: String,
+    pub counts: Counts,
+    pub outputs: Vec<PathBuf>,
+    pub details: Value,
+}
+
+impl Report {
+    /// Writes `OUT/report.json`.
+    pub fn save(&self, out: &Path) -> Result<(), SynthError> {
+        let text = serde_json::to_string_pretty(self).expect("reports serialise");
+        output::write_atomic(&out.join("report.json"), text.as_bytes())
+    }
+}
+
+/// Raw Qwen3 ChatML for `(role, content)` turns: the training text of synth samples
+/// (the chat template is not used, as it would drop earlier turns' thinking).
+pub fn chatml(turns: &[(&str, &str)]) -> String {
+    let mut text = String::new();
+    for (role, content) in turns {
+        text.push_str("<|im_start|>");
+        text.push_str(role);
+        text.push('\n');
+        text.push_str(content);
+        text.push_str("<|im_end|>\n");
+    }
+    text
+}

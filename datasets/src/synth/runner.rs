@@ -1,0 +1,310 @@
+//! Runs one synth command's items on a bounded pool of workers, journalling every finished
+//! item so that a re-run skips it, and stopping cleanly when the model cannot be reached.
+//!
+//! Why a journal rather than writing shards as items finish: outputs are written in input
+//! order once every item is done, so a run's shards are the same for a seed whatever the
+//! concurrency, interruptions and re-runs; and no shard is ever left half-written. The
+//! journal is appended and flushed per item; a torn last line is dropped on load.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::llm::LlmError;
+use super::SynthError;
+
+/// One rejected record or item, with a counted reason (`malformed_json`, `judge_rejected`…).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reject {
+    pub reason: String,
+    pub detail: String,
+}
+
+impl Reject {
+    pub fn new(reason: &str, detail: impl Into<String>) -> Self {
+        Reject {
+            reason: reason.to_string(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// What one item produced: kept records (command-specific JSON) and rejects. An item with
+/// no kept record counts as rejected.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub kept: Vec<Value>,
+    pub rejects: Vec<Reject>,
+}
+
+impl Outcome {
+    pub fn reject(reason: &str, detail: impl Into<String>) -> Self {
+        Outcome {
+            kept: vec![],
+            rejects: vec![Reject::new(reason, detail)],
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Line {
+    item: String,
+    #[serde(flatten)]
+    outcome: Outcome,
+}
+
+/// Progress and final counts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Counts {
+    pub items: usize,
+    /// Items finished, this run or an earlier one.
+    pub done: usize,
+    /// Items taken from the journal of an earlier run.
+    pub resumed: usize,
+    pub kept_records: usize,
+    pub kept_items: usize,
+    pub rejected_items: usize,
+    /// Rejected records and items, by reason.
+    pub reject_reasons: BTreeMap<String, usize>,
+}
+
+impl Counts {
+    fn add(&mut self, outcome: &Outcome) {
+        self.done += 1;
+        self.kept_records += outcome.kept.len();
+        if outcome.kept.is_empty() {
+            self.rejected_items += 1;
+        } else {
+            self.kept_items += 1;
+        }
+        for r in &outcome.rejects {
+            *self.reject_reasons.entry(r.reason.clone()).or_default() += 1;
+        }
+    }
+}
+
+/// Runs `work` on every `(id, item)` not yet in the journal at `journal_path`, with at most
+/// `concurrency` at once, calling `progress` after each. Returns every item's outcome in input
+/// order. Ids must be unique. On an [`LlmError`] the run stops taking new items, lets the
+/// running ones finish, and returns the error: what finished stays journalled.
+pub fn run_items<T: Sync>(
+    items: &[(String, T)],
+    journal_path: &Path,
+    concurrency: usize,
+    progress: &(dyn Fn(&Counts) + Sync),
+    work: &(dyn Fn(&str, &T) -> Result<Outcome, LlmError> + Sync),
+) -> Result<(Vec<Outcome>, Counts), SynthError> {
+    let mut seen = std::collections::HashSet::new();
+    for (id, _) in items {
+        if !seen.insert(id.as_str()) {
+            return Err(SynthError::Input(format!("item id `{id}` appears twice")));
+        }
+    }
+    let (mut done, file) = open_journal(journal_path)?;
+    done.retain(|id, _| seen.contains(id.as_str()));
+    let mut counts = Counts {
+        items: items.len(),
+        ..Counts::default()
+    };
+    for outcome in done.values() {
+        counts.add(outcome);
+        counts.resumed += 1;
+    }
+    progress(&counts);
+    let todo: Vec<usize> = (0..items.len())
+        .filter(|&i| !done.contains_key(&items[i].0))
+        .collect();
+    let state = Mutex::new((done, file, counts, None::<SynthError>));
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for _ in 0..concurrency.max(1).min(todo.len().max(1)) {
+            scope.spawn(|| loop {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Some(&i) = todo.get(next.fetch_add(1, Ordering::SeqCst)) else {
+                    return;
+                };
+                let (id, item) = &items[i];
+                let result = match work(id, item) {
+                    Err(LlmError::Refused(msg)) => Ok(Outcome::reject("request_refused", msg)),
+                    other => other,
+                };
+                let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
+                let (done, file, counts, error) = &mut *guard;
+                match result {
+                    Ok(outcome) => {
+                        let line = serde_json::to_string(&Line {
+                            item: id.clone(),
+                            outcome: outcome.clone(),
+                        })
+                        .expect("outcomes serialise");
+                        if let Err(e) = writeln!(file, "{line}").and_then(|()| file.flush()) {
+                            stop.store(true, Ordering::SeqCst);
+                            error.get_or_insert(SynthError::io(journal_path, e));
+                            return;
+                        }
+                        counts.add(&outcome);
+                        done.insert(id.clone(), outcome);
+                        progress(counts);
+                    }
+                    Err(e) => {
+                        stop.store(true, Ordering::SeqCst);
+                        error.get_or_insert(SynthError::Llm {
+                            item: id.clone(),
+                            error: e,
+                            journal: journal_path.to_path_buf(),
+                        });
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let (mut done, _, counts, error) = state.into_inner().unwrap_or_else(|p| p.into_inner());
+    if let Some(e) = error {
+        return Err(e);
+    }
+    let outcomes = items
+        .iter()
+        .map(|(id, _)| done.remove(id).expect("every item ran"))
+        .collect();
+    Ok((outcomes, counts))
+}
+
+fn open_journal(path: &Path) -> Result<(HashMap<String, Outcome>, File), SynthError> {
+    let mut done = HashMap::new();
+    if path.exists() {
+        let file = File::open(path).map_err(|e| SynthError::io(path, e))?;
+        for line in BufReader::new(file).lines() {
+            let line = line.map_err(|e| SynthError::io(path, e))?;
+            // Only a crash mid-append leaves a line that does not parse.
+            if let Ok(l) = serde_json::from_str::<Line>(&line) {
+                done.insert(l.item, l.outcome);
+            }
+        }
+    }
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| SynthError::io(path, e))?;
+    if file.metadata().map_err(|e| SynthError::io(path, e))?.len() > 0 {
+        file.write_all(b"\n").map_err(|e| SynthError::io(path, e))?;
+    }
+    Ok((done, file))
+}
+
+/// Records the settings of a run in `OUT/run.json`; a re-run into the same directory with
+/// different settings is refused (its journalled items were made under the old ones).
+pub fn check_settings(out: &Path, settings: &Value) -> Result<PathBuf, SynthError> {
+    std::fs::create_dir_all(out).map_err(|e| SynthError::io(out, e))?;
+    let path = out.join("run.json");
+    if path.exists() {
+        let text = std::fs::read_to_string(&path).map_err(|e| SynthError::io(&path, e))?;
+        let old: Value = serde_json::from_str(&text)
+            .map_err(|e| SynthError::Input(format!("{}: not JSON: {e}", path.display())))?;
+        if &old != settings {
+            let keys: Vec<String> = settings
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, v)| old.get(k.as_str()) != Some(v))
+                .map(|(k, v)| {
+                    format!(
+                        "`{k}`: was {}, now {v}",
+                        old.get(k.as_str()).unwrap_or(&Value::Null)
+                    )
+                })
+                .collect();
+            return Err(SynthError::Input(format!(
+                "{} was made with other settings ({}); use another --out directory, or delete it to start over",
+                out.display(),
+                keys.join("; ")
+            )));
+        }
+    } else {
+        let text = serde_json::to_string_pretty(settings).expect("settings serialise");
+        super::output::write_atomic(&path, text.as_bytes())?;
+    }
+    Ok(out.join("journal.jsonl"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn items(n: usize) -> Vec<(String, usize)> {
+        (0..n).map(|i| (format!("item-{i}"), i)).collect()
+    }
+
+    /// Outcomes come back in input order whatever the concurrency; an LLM failure stops the
+    /// run with what finished journalled, and a re-run only does the rest.
+    #[test]
+    fn journal_resumes_after_an_llm_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join("journal.jsonl");
+        let items = items(20);
+        let calls = AtomicUsize::new(0);
+        let work = |_: &str, &i: &usize| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            if i == 13 {
+                return Err(LlmError::Transport {
+                    url: "http://x".into(),
+                    msg: "refused".into(),
+                });
+            }
+            Ok(if i % 3 == 0 {
+                Outcome::reject("odd", format!("{i}"))
+            } else {
+                Outcome {
+                    kept: vec![Value::from(i)],
+                    rejects: vec![],
+                }
+            })
+        };
+        let err = run_items(&items, &journal, 1, &|_| {}, &work).unwrap_err();
+        assert!(
+            matches!(err, SynthError::Llm { ref item, .. } if item == "item-13"),
+            "{err}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 14);
+        // Simulate a torn line from a crash.
+        let mut f = OpenOptions::new().append(true).open(&journal).unwrap();
+        write!(f, "{{\"item\": \"item-1").unwrap();
+        drop(f);
+        let (outcomes, counts) = run_items(&items, &journal, 4, &|_| {}, &|id, &i| {
+            assert!(i >= 13, "{id} was journalled");
+            Ok(Outcome {
+                kept: vec![Value::from(i)],
+                rejects: vec![],
+            })
+        })
+        .unwrap();
+        assert_eq!(counts.resumed, 13);
+        assert_eq!(counts.done, 20);
+        assert_eq!(counts.reject_reasons["odd"], 5);
+        let kept: Vec<u64> = outcomes
+            .iter()
+            .flat_map(|o| o.kept.iter().map(|v| v.as_u64().unwrap()))
+            .collect();
+        let expected: Vec<u64> = (0..20u64).filter(|i| *i >= 13 || i % 3 != 0).collect();
+        assert_eq!(kept, expected);
+    }
+
+    #[test]
+    fn changed_settings_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        check_settings(dir.path(), &serde_json::json!({"seed": 1, "n": 2})).unwrap();
+        check_settings(dir.path(), &serde_json::json!({"seed": 1, "n": 2})).unwrap();
+        let e = check_settings(dir.path(), &serde_json::json!({"seed": 2, "n": 2})).unwrap_err();
+        assert!(e.to_string().contains("`seed`: was 1, now 2"), "{e}");
+    }
+}

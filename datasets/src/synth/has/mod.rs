@@ -135,17 +135,23 @@ fn is_tool_response(role: &str, content: &str) -> bool {
     role == "tool" || (role == "user" && content.trim_start().starts_with("<tool_response>"))
 }
 
-/// Tool names from a `<tools>` block of JSON schemas (bare or OpenAI `function` form).
-fn tool_names(text: &str) -> Option<Vec<String>> {
+/// Tool names from a `<tools>` block of JSON schemas (bare or OpenAI `function` form; one
+/// per line, or separated by commas as some agent prompts write them). `None` when the
+/// block does not parse: then tool names are not checked.
+pub(crate) fn tool_names(text: &str) -> Option<Vec<String>> {
     let block = super::parse::between(text, "tools")?;
     let mut names = Vec::new();
-    for v in serde_json::Deserializer::from_str(block)
-        .into_iter::<Value>()
-        .map_while(Result::ok)
-    {
+    let mut pos = 0;
+    while let Some(offset) = block[pos..].find('{') {
+        let mut stream =
+            serde_json::Deserializer::from_str(&block[pos + offset..]).into_iter::<Value>();
+        let Some(Ok(v)) = stream.next() else {
+            return None;
+        };
         if let Some(n) = v["name"].as_str().or(v["function"]["name"].as_str()) {
             names.push(n.to_string());
         }
+        pos += offset + stream.byte_offset();
     }
     (!names.is_empty()).then_some(names)
 }

@@ -218,3 +218,12 @@ fn seeded_runs_repeat_and_the_llm_judge_is_asked() {
     assert_eq!(meta["judgement"], "correct");
     assert_eq!(meta["judgement_source"], "llm_judge");
 }
+
+#[test]
+fn tool_lists_read_one_per_line_or_comma_separated() {
+    let lines = "<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"search\"}}\n{\"name\": \"visit\"}\n</tools>";
+    assert_eq!(tool_names(lines).unwrap(), ["search", "visit"]);
+    let commas = "<tools>\n{\n  \"name\": \"search\"\n},\n{\"name\": \"visit\", \"parameters\": {}}\n</tools>";
+    assert_eq!(tool_names(commas).unwrap(), ["search", "visit"]);
+    assert_eq!(tool_names("<tools>{broken</tools>"), None);
+}

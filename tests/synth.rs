@@ -430,9 +430,10 @@ fn a_server_dying_mid_run_loses_nothing() {
     let input = trajectories(dir.path(), 4);
     let out = dir.path().join("out");
     let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
-    // Two model calls per trajectory; the fifth call onwards fails.
+    // Two model calls per trajectory; the sixth call onwards fails, so the third trajectory
+    // dies after its first step's call (which the response cache keeps).
     let dying = Scripted::start(|n, body| {
-        if n < 4 {
+        if n < 5 {
             (200, completion(&alternatives(&prompt_of(body))))
         } else {
             (503, "down".into())
@@ -463,8 +464,8 @@ fn a_server_dying_mid_run_loses_nothing() {
     );
     assert_eq!(
         healthy.requests(),
-        4,
-        "only the unfinished trajectories were asked for"
+        3,
+        "only the calls neither journalled nor cached were made"
     );
 }
 
@@ -703,4 +704,73 @@ fn the_fas_chain_runs_end_to_end_and_its_output_trains() {
     let last: Value =
         serde_json::from_str(metrics.lines().rfind(|l| l.contains("\"loss\"")).unwrap()).unwrap();
     assert_eq!(last["step"], 3, "{last}");
+}
+
+/// `--local DIR` runs the tiny model in process: the same counted rejects as over HTTP,
+/// and the model name in provenance is the directory's.
+#[test]
+fn synth_runs_the_local_model_in_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let input = trajectories(dir.path(), 2);
+    let out = dir.path().join("out");
+    let run = agentcpt(&[
+        "synth",
+        "has",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--local",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        "bytes",
+        "--device",
+        "cpu",
+        "--count-tokenizer",
+        "bytes",
+        "--max-tokens",
+        "32",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let settings: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(settings["model"], "tiny");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["counts"]["rejected_items"], 2, "{report}");
+}
+
+/// Bad input is an error naming the file and line, before any model call.
+#[test]
+fn bad_synth_input_names_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bad.jsonl");
+    std::fs::write(&input, "{\"messages\": []}\n{not json\n").unwrap();
+    let out = dir.path().join("out");
+    let args = has_args(
+        input.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "http://127.0.0.1:9/v1",
+        "m",
+    );
+    let run = agentcpt(&args);
+    assert_eq!(run.status.code(), Some(2));
+    assert!(
+        stderr(&run).contains("bad.jsonl:2: not JSON"),
+        "{}",
+        stderr(&run)
+    );
+    let no_model = agentcpt(&[
+        "synth",
+        "memory",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(no_model.status.code(), Some(2));
+    assert!(
+        stderr(&no_model).contains("--base-url"),
+        "{}",
+        stderr(&no_model)
+    );
 }

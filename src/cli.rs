@@ -71,7 +71,7 @@ pub enum SynthCommand {
         inputs: Vec<PathBuf>,
         /// Documents longer than this are read in chunks (at paragraph breaks).
         #[arg(long, default_value_t = 12_000)]
-        max_doc_chars: usize,
+        max_doc_bytes: usize,
         #[command(flatten)]
         llm: SynthLlmArgs,
     },
@@ -151,7 +151,8 @@ pub struct SynthLlmArgs {
     /// Model name at the endpoint (with --local: the name recorded in provenance).
     #[arg(long)]
     pub model: Option<String>,
-    /// Environment variable holding the API key (default: OPENAI_API_KEY where it is set).
+    /// Environment variable holding the API key (default: OPENAI_API_KEY, where it is set,
+    /// for https://api.openai.com only; other endpoints get a key only when named here).
     #[arg(long)]
     pub api_key_env: Option<String>,
     /// Run agentcpt's own checkpoint in process instead of calling an endpoint.
@@ -470,12 +471,12 @@ fn run_synth(command: SynthCommand) -> Result<()> {
     let (report, out) = match command {
         SynthCommand::Memory {
             inputs,
-            max_doc_chars,
+            max_doc_bytes,
             llm,
         } => {
             check_inputs(&inputs)?;
             let s = synth(&llm, &llm.out)?;
-            (memory::run(&s, &inputs, &llm.out, max_doc_chars)?, llm.out)
+            (memory::run(&s, &inputs, &llm.out, max_doc_bytes)?, llm.out)
         }
         SynthCommand::Questions {
             memory,

@@ -178,7 +178,10 @@ fn the_api_key_goes_in_the_header_only() {
         for h in request.headers() {
             s.lock().unwrap().push(format!("{}: {}", h.field, h.value));
         }
-        let _ = request.respond(tiny_http::Response::from_string("not json").with_status_code(200));
+        // A well-formed reply without usable content: not retried, rejected by the caller.
+        let body =
+            r#"{"choices": [{"index": 0, "message": {"role": "assistant", "content": null}}]}"#;
+        let _ = request.respond(tiny_http::Response::from_string(body).with_status_code(200));
     });
     std::env::set_var("AGENTCPT_TEST_KEY", "sk-secret-123");
     let mut config = ClientConfig::new(&url, "scripted");
@@ -188,7 +191,7 @@ fn the_api_key_goes_in_the_header_only() {
         .complete(&request(0))
         .unwrap_err();
     t.join().unwrap();
-    assert!(matches!(err, LlmError::Protocol { .. }), "{err}");
+    assert!(matches!(err, LlmError::Unusable { .. }), "{err}");
     assert!(!format!("{err} {err:?}").contains("sk-secret"));
     assert!(seen
         .lock()
@@ -314,6 +317,15 @@ fn serve_answers_the_openai_protocol_reproducibly() {
     let err = client.complete(&long).unwrap_err();
     assert!(
         matches!(err, LlmError::Refused(ref m) if m.contains("context")),
+        "{err}"
+    );
+    let developer = ChatRequest {
+        messages: vec![ChatMessage::new("developer", "hi")],
+        ..request(0)
+    };
+    let err = client.complete(&developer).unwrap_err();
+    assert!(
+        matches!(err, LlmError::Refused(ref m) if m.contains("HTTP 400")),
         "{err}"
     );
     // /v1/models over a raw socket.

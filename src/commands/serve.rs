@@ -78,12 +78,20 @@ fn handle(chat: &LocalChat, ids: &AtomicU64, request: &mut tiny_http::Request) -
         ),
         (Method::Post, "/v1/chat/completions") => {
             let mut body = String::new();
-            if let Err(e) = request.as_reader().take(MAX_BODY).read_to_string(&mut body) {
+            if let Err(e) = request
+                .as_reader()
+                .take(MAX_BODY + 1)
+                .read_to_string(&mut body)
+            {
                 return error(
                     400,
                     "invalid_request_error",
                     format!("cannot read the body: {e}"),
                 );
+            }
+            if body.len() as u64 > MAX_BODY {
+                let msg = format!("the body is over {MAX_BODY} bytes");
+                return error(413, "invalid_request_error", msg);
             }
             match completion(chat, ids, &body) {
                 Ok(v) => (200, v),
@@ -161,17 +169,29 @@ fn parse_request(body: &str, served: &str) -> Result<ChatRequest, (u16, Value)> 
                 .ok_or_else(|| bad(format!("`{key}` must be a number"))),
         }
     };
-    let max_tokens = number("max_completion_tokens", number("max_tokens", 512.0)?)?;
-    let seed = number("seed", 0.0)?;
-    if max_tokens < 1.0 || seed < 0.0 {
-        return Err(bad("`max_tokens` must be ≥ 1 and `seed` ≥ 0".into()));
+    // Integers as integers: seeds near 2^63 would lose their low bits through f64.
+    let integer = |key: &str| -> Result<Option<u64>, (u16, Value)> {
+        match v.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(x) => x
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| bad(format!("`{key}` must be a non-negative integer"))),
+        }
+    };
+    let max_tokens = integer("max_completion_tokens")?
+        .or(integer("max_tokens")?)
+        .unwrap_or(512);
+    let seed = integer("seed")?.unwrap_or(0);
+    if max_tokens < 1 {
+        return Err(bad("`max_tokens` must be at least 1".into()));
     }
     Ok(ChatRequest {
         messages,
         temperature: number("temperature", 1.0)?,
         top_p: number("top_p", 1.0)?,
-        max_tokens: max_tokens as usize,
-        seed: seed as u64,
+        max_tokens: usize::try_from(max_tokens).unwrap_or(usize::MAX),
+        seed,
     })
 }
 
@@ -180,6 +200,9 @@ fn completion(chat: &LocalChat, ids: &AtomicU64, body: &str) -> Result<Value, (u
     let reply = chat.reply(&request.messages, &request).map_err(|e| {
         if e.downcast_ref::<TooLong>().is_some() {
             error(400, "context_length_exceeded", format!("{e:#}"))
+        } else if e.downcast_ref::<agentcpt_datasets::ChatError>().is_some() {
+            // An unknown role, a message the template cannot render: the request's fault.
+            error(400, "invalid_request_error", format!("{e:#}"))
         } else if e
             .downcast_ref::<agentcpt_model::ModelError>()
             .is_some_and(|m| matches!(m, agentcpt_model::ModelError::Input(_)))

@@ -34,9 +34,19 @@ pub fn model(args: &SynthLlmArgs, out: &Path) -> Result<Arc<dyn ChatModel>> {
             let mut config = ClientConfig::new(url, model);
             config.api_key_env = match &args.api_key_env {
                 Some(var) => Some(var.clone()),
-                // The conventional variable, used only where it is set.
-                None => std::env::var_os("OPENAI_API_KEY").map(|_| "OPENAI_API_KEY".to_string()),
+                // The conventional variable, where it is set, and only for OpenAI itself: a
+                // key must not travel to another host unless the user names it.
+                None if is_openai(url) => {
+                    std::env::var_os("OPENAI_API_KEY").map(|_| "OPENAI_API_KEY".to_string())
+                }
+                None => None,
             };
+            if !(args.timeout_secs.is_finite() && args.timeout_secs > 0.0) {
+                bail!(
+                    "--timeout-secs must be a positive number of seconds, got {}",
+                    args.timeout_secs
+                );
+            }
             config.timeout = Duration::from_secs_f64(args.timeout_secs);
             config.max_retries = args.max_retries;
             config.backoff = Duration::from_millis(args.retry_base_ms);
@@ -53,6 +63,12 @@ pub fn model(args: &SynthLlmArgs, out: &Path) -> Result<Arc<dyn ChatModel>> {
         inner,
         &out.join("responses.jsonl"),
     )?))
+}
+
+/// Whether `url` is OpenAI's own API (https, host api.openai.com).
+fn is_openai(url: &str) -> bool {
+    url.strip_prefix("https://api.openai.com")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || rest.starts_with(':'))
 }
 
 /// The shared frame of every command, with a progress bar on stderr.

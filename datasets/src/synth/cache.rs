@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -49,9 +49,9 @@ impl CachedModel {
         };
         let mut map = HashMap::new();
         if path.exists() {
-            for line in BufReader::new(File::open(path).map_err(io)?).lines() {
-                // A line that does not parse can only be the torn tail of a crash.
-                if let Ok(entry) = serde_json::from_str::<Entry>(&line.map_err(io)?) {
+            // A line that does not parse (even as UTF-8) can only be the torn tail of a crash.
+            for line in std::fs::read(path).map_err(io)?.split(|&b| b == b'\n') {
+                if let Ok(entry) = serde_json::from_slice::<Entry>(line) {
                     map.insert(entry.key, entry.completion);
                 }
             }

@@ -124,24 +124,38 @@ impl OpenAiClient {
             .read_to_string()
             .map_err(transport)?;
         if !(200..300).contains(&status) {
-            let body: String = text.chars().take(500).collect();
+            let body: String = self.scrub(text.chars().take(500).collect());
             if matches!(status, 400 | 413 | 422) {
                 let msg = format!("{url}: HTTP {status}: {body}");
                 return Err((LlmError::Refused(msg), None));
             }
             return Err((LlmError::Status { url, status, body }, retry_after));
         }
-        parse_completion(&text).map_err(|msg| (LlmError::Protocol { url, msg }, None))
+        parse_completion(&text, &url).map_err(|e| (e, None))
+    }
+
+    /// `text` with the API key blanked out, for anything that may be stored or shown.
+    fn scrub(&self, text: String) -> String {
+        match &self.api_key {
+            Some(key) => text.replace(key.as_str(), "<api key>"),
+            None => text,
+        }
     }
 }
 
 /// Reads `choices[0].message.content` and `model` from a chat-completion body.
-pub fn parse_completion(body: &str) -> Result<Completion, String> {
-    let v: Value = serde_json::from_str(body).map_err(|e| format!("invalid JSON: {e}"))?;
+pub fn parse_completion(body: &str, url: &str) -> Result<Completion, LlmError> {
+    let v: Value = serde_json::from_str(body).map_err(|e| LlmError::Protocol {
+        url: url.to_string(),
+        msg: format!("invalid JSON: {e}"),
+    })?;
     let content = v
         .pointer("/choices/0/message/content")
         .and_then(Value::as_str)
-        .ok_or("no `choices[0].message.content` string")?;
+        .ok_or_else(|| LlmError::Unusable {
+            url: url.to_string(),
+            msg: "no `choices[0].message.content` string".into(),
+        })?;
     Ok(Completion {
         text: content.to_string(),
         model: v

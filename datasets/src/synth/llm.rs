@@ -54,9 +54,14 @@ pub enum LlmError {
         status: u16,
         body: String,
     },
-    /// The server answered 200 with something that is not a chat completion.
+    /// The server answered 200 with a body that is not JSON (a truncated or proxied
+    /// reply): retried.
     #[error("{url}: not a chat completion: {msg}")]
     Protocol { url: String, msg: String },
+    /// A well-formed reply with no usable text (`content` null or missing: a refusal, tool
+    /// calls only): the item is rejected with reason `unusable_completion`.
+    #[error("{url}: no usable reply: {msg}")]
+    Unusable { url: String, msg: String },
     /// Retryable failures went on past the retry budget.
     #[error("gave up after {attempts} attempts; last error: {last}")]
     Exhausted { attempts: u32, last: Box<LlmError> },
@@ -70,10 +75,10 @@ pub enum LlmError {
 }
 
 impl LlmError {
-    /// Worth another attempt: transport errors, 408, 409, 429 and 5xx.
+    /// Worth another attempt: transport errors, non-JSON bodies, 408, 409, 429 and 5xx.
     pub fn is_retryable(&self) -> bool {
         match self {
-            LlmError::Transport { .. } => true,
+            LlmError::Transport { .. } | LlmError::Protocol { .. } => true,
             LlmError::Status { status, .. } => {
                 matches!(status, 408 | 409 | 429) || (500..600).contains(status)
             }

@@ -45,8 +45,11 @@ pub fn read_documents(inputs: &[PathBuf]) -> Result<Vec<Document>, SynthError> {
                                 sample.id
                             ))
                         })?;
-                        let contents = conv.messages.iter().map(|m| m.content.as_str());
-                        docs.extend(tool_responses(&sample.id, contents));
+                        let turns = conv
+                            .messages
+                            .iter()
+                            .map(|m| (m.role.as_str(), m.content.as_str()));
+                        docs.extend(tool_responses(&sample.id, turns));
                     }
                     Content::InputIds(_) => {
                         return Err(SynthError::Input(format!(
@@ -71,10 +74,11 @@ pub fn read_documents(inputs: &[PathBuf]) -> Result<Vec<Document>, SynthError> {
                     text: text.to_string(),
                 });
             } else if let Some(messages) = v.get("messages").and_then(Value::as_array) {
-                let contents = messages
-                    .iter()
-                    .filter_map(|m| m.get("content").and_then(Value::as_str));
-                docs.extend(tool_responses(&id, contents));
+                let turns = messages.iter().filter_map(|m| {
+                    let role = m.get("role").and_then(Value::as_str)?;
+                    Some((role, m.get("content").and_then(Value::as_str)?))
+                });
+                docs.extend(tool_responses(&id, turns));
             } else {
                 return Err(SynthError::Input(format!(
                     "{}:{line}: a document needs a `text` string or a `messages` array",
@@ -86,10 +90,28 @@ pub fn read_documents(inputs: &[PathBuf]) -> Result<Vec<Document>, SynthError> {
     Ok(docs)
 }
 
-/// The tool responses of a trajectory, one document each, tags stripped.
-fn tool_responses<'a>(id: &str, contents: impl Iterator<Item = &'a str>) -> Vec<Document> {
-    contents
-        .filter_map(|c| super::parse::between(c, "tool_response"))
+/// The tool responses of a trajectory, one document each, tags stripped: `tool` turns, and
+/// every `<tool_response>` block of other turns (Qwen3 groups parallel calls' responses in
+/// one turn).
+fn tool_responses<'a>(id: &str, turns: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<Document> {
+    let mut texts = Vec::new();
+    for (role, content) in turns {
+        if role == "tool" {
+            texts.push(content.trim());
+            continue;
+        }
+        let mut rest = content;
+        while let Some(start) = rest.find("<tool_response>") {
+            let after = &rest[start + "<tool_response>".len()..];
+            let Some(end) = after.find("</tool_response>") else {
+                break;
+            };
+            texts.push(after[..end].trim());
+            rest = &after[end..];
+        }
+    }
+    texts
+        .into_iter()
         .enumerate()
         .map(|(k, text)| Document {
             id: format!("{id}#response-{}", k + 1),
@@ -98,19 +120,23 @@ fn tool_responses<'a>(id: &str, contents: impl Iterator<Item = &'a str>) -> Vec<
         .collect()
 }
 
-/// Splits `text` into pieces of at most about `max_chars`, at blank lines where possible.
-pub fn chunk(text: &str, max_chars: usize) -> Vec<String> {
+/// Splits `text` into pieces of at most `max_bytes` (or one character, if longer), at blank
+/// lines where possible.
+pub fn chunk(text: &str, max_bytes: usize) -> Vec<String> {
     let mut chunks = Vec::new();
     let mut current = String::new();
     for para in text.split("\n\n") {
-        if !current.is_empty() && current.len() + para.len() + 2 > max_chars {
+        if !current.is_empty() && current.len() + para.len() + 2 > max_bytes {
             chunks.push(std::mem::take(&mut current));
         }
         let mut para = para;
-        while para.len() > max_chars {
-            let mut cut = max_chars;
+        while para.len() > max_bytes {
+            let mut cut = max_bytes;
             while !para.is_char_boundary(cut) {
                 cut -= 1;
+            }
+            if cut == 0 {
+                cut = para.chars().next().map_or(para.len(), char::len_utf8);
             }
             chunks.push(para[..cut].to_string());
             para = &para[cut..];
@@ -167,12 +193,12 @@ pub fn run(
     synth: &Synth,
     inputs: &[PathBuf],
     out: &Path,
-    max_doc_chars: usize,
+    max_doc_bytes: usize,
 ) -> Result<Report, SynthError> {
     let docs = read_documents(inputs)?;
     let mut items = Vec::new();
     for d in &docs {
-        let pieces = chunk(&d.text, max_doc_chars.max(1));
+        let pieces = chunk(&d.text, max_doc_bytes.max(1));
         let n = pieces.len();
         for (i, text) in pieces.into_iter().enumerate() {
             let id = if n == 1 {
@@ -189,9 +215,10 @@ pub fn run(
             ));
         }
     }
+    synth.check_prompts(&[("fas-memory", &["source", "document"])])?;
     let settings = synth.settings(
         "memory",
-        json!({"inputs": inputs, "max_doc_chars": max_doc_chars, "prompts": synth.prompt_versions(&["fas-memory"])}),
+        json!({"inputs": super::input_fingerprints(inputs)?, "max_doc_bytes": max_doc_bytes, "prompts": synth.prompt_versions(&["fas-memory"])}),
     );
     let journal = check_settings(out, &settings)?;
     let (outcomes, counts) = run_items(
@@ -338,6 +365,8 @@ mod tests {
         let pieces = chunk(&long, 5);
         assert_eq!(pieces.concat(), long);
         assert!(pieces.iter().all(|p| p.len() <= 5));
+        // A limit under one character still makes progress.
+        assert_eq!(chunk("éé", 1), vec!["é", "é"]);
     }
 
     #[test]

@@ -132,6 +132,19 @@ impl Synth {
         ]) & (i64::MAX as u64)
     }
 
+    /// Checks that each named prompt fills with the given placeholder names, before any
+    /// model call (an edited prompt with a typo fails here, naming its file).
+    pub fn check_prompts(&self, uses: &[(&str, &[&str])]) -> Result<(), SynthError> {
+        for (name, vars) in uses {
+            let vars: Vec<(&str, &str)> = vars.iter().map(|v| (*v, "")).collect();
+            self.prompts
+                .get(name)
+                .render(&vars)
+                .map_err(SynthError::Input)?;
+        }
+        Ok(())
+    }
+
     /// Settings recorded in `run.json` and compared on resume.
     pub fn settings(&self, command: &str, extra: Value) -> Value {
         let mut v = serde_json::json!({
@@ -158,6 +171,26 @@ impl Synth {
             .collect::<serde_json::Map<_, _>>()
             .into()
     }
+}
+
+/// Each input's path and the SHA-256 of its content (first 16 hex digits), for `run.json`:
+/// an input edited in place is a change of settings, not a resume.
+pub fn input_fingerprints(paths: &[PathBuf]) -> Result<Value, SynthError> {
+    use sha2::{Digest, Sha256};
+    let mut out = Vec::new();
+    for path in paths {
+        let mut hasher = Sha256::new();
+        let mut file = std::fs::File::open(path).map_err(|e| SynthError::io(path, e))?;
+        std::io::copy(&mut file, &mut hasher).map_err(|e| SynthError::io(path, e))?;
+        let hex: String = hasher
+            .finalize()
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        out.push(serde_json::json!({"path": path, "sha256": hex}));
+    }
+    Ok(out.into())
 }
 
 /// What a command reports: counts, the files written, and command-specific figures.

@@ -3,8 +3,13 @@
 
 use serde_json::Value;
 
-/// The first JSON object in `text` (code fences and text around it are skipped).
+/// The first JSON object in `text` (code fences and text around it are skipped), after any
+/// `<think>…</think>` block, whose drafts are not the answer.
 pub fn extract_json(text: &str) -> Result<Value, String> {
+    let text = match text.rfind("</think>") {
+        Some(end) => &text[end + "</think>".len()..],
+        None => text,
+    };
     let mut from = 0;
     while let Some(offset) = text[from..].find('{') {
         let start = from + offset;
@@ -134,8 +139,8 @@ pub fn tool_call_name(body: &str) -> Result<String, StepError> {
     }
 }
 
-/// Lower case, digit-group commas dropped, markdown and punctuation to spaces, articles
-/// dropped, whitespace collapsed.
+/// Lower case, digit-group commas dropped, markdown and punctuation to spaces (but decimal
+/// points and leading minus signs), articles dropped, whitespace collapsed.
 pub fn normalize_answer(text: &str) -> String {
     let chars: Vec<char> = text.chars().collect();
     let mut cleaned = String::with_capacity(text.len());
@@ -147,7 +152,10 @@ pub fn normalize_answer(text: &str) -> String {
         if digit_comma {
             continue;
         }
-        if c.is_alphanumeric() || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit)) {
+        let next_is_digit = chars.get(i + 1).is_some_and(char::is_ascii_digit);
+        // A decimal point, and a minus sign starting a number, are part of the answer.
+        let minus = c == '-' && next_is_digit && (i == 0 || chars[i - 1].is_whitespace());
+        if c.is_alphanumeric() || (c == '.' && next_is_digit) || minus {
             cleaned.extend(c.to_lowercase());
         } else {
             cleaned.push(' ');
@@ -180,6 +188,8 @@ mod tests {
         assert_eq!(v["a"][1]["b"], 2);
         assert_eq!(extract_json("{oops} then {\"x\": 1}").unwrap()["x"], 1);
         assert!(extract_json("no object [1, 2]").is_err());
+        let thought = "<think>draft {\"verdict\": \"reject\"}</think>{\"verdict\": \"accept\"}";
+        assert_eq!(extract_json(thought).unwrap()["verdict"], "accept");
     }
 
     #[test]
@@ -233,6 +243,8 @@ mod tests {
         assert!(answers_match("1,234 people", "1234 people"));
         assert!(answers_match("3.5 km", "3.5 km"));
         assert!(!answers_match("Ricinus", "Ricin"));
+        assert!(!answers_match("-5 degrees", "5 degrees"));
+        assert!(answers_match("It was -5.", "-5"));
         assert!(!answers_match("anything", ""));
         assert_eq!(normalize_answer("The  Epsom-Derby!"), "epsom derby");
     }

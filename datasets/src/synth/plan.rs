@@ -46,9 +46,17 @@ pub fn run(
         .text(&[("tools", &TOOLS.join("\n")), ("date", date)])
         .map_err(SynthError::Input)?;
     let versions = synth.prompt_versions(&["agent-system", "fas-plan", "fas-plan-judge"]);
+    synth.check_prompts(&[
+        ("agent-system", &["tools", "date"]),
+        ("fas-plan", &["system", "question"]),
+        (
+            "fas-plan-judge",
+            &["question", "answer", "statements", "plan"],
+        ),
+    ])?;
     let settings = synth.settings(
         "plan",
-        json!({"questions": questions_path, "date": date, "prompts": versions}),
+        json!({"questions": super::input_fingerprints(&[questions_path.to_path_buf()])?, "date": date, "prompts": versions}),
     );
     let journal = check_settings(out, &settings)?;
     let tools = tool_names();

@@ -89,7 +89,12 @@ fn clusters(memory: &[Value], cluster_size: usize, seed: u64) -> Vec<(String, Cl
 }
 
 /// Parses the model's questions against the cluster's statements.
-fn parse_questions(output: &str, cluster_id: &str, cluster: &Cluster) -> Outcome {
+fn parse_questions(
+    output: &str,
+    cluster_id: &str,
+    cluster: &Cluster,
+    styles: &[String],
+) -> Outcome {
     let v = match extract_json(output) {
         Ok(v) => v,
         Err(e) => return Outcome::reject("malformed_json", e),
@@ -122,9 +127,12 @@ fn parse_questions(output: &str, cluster_id: &str, cluster: &Cluster) -> Outcome
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .filter_map(|id| statements.get(id.as_str()?).copied())
+            .filter_map(Value::as_str)
+            .collect::<std::collections::BTreeSet<&str>>()
+            .into_iter()
+            .filter_map(|id| statements.get(id).copied())
             .collect();
-        let reject = if !STYLES.contains(&style) {
+        let reject = if !styles.iter().any(|s| s == style) {
             Some(("unknown_style", format!("style `{style}`")))
         } else if question.is_empty() || answer.is_empty() {
             Some(("empty_question_or_answer", String::new()))
@@ -192,9 +200,10 @@ pub fn run(
     }
     let memory = read_memory(memory_path)?;
     let items = clusters(&memory, cluster_size.max(1), synth.options.seed);
+    synth.check_prompts(&[("fas-questions", &["entities", "statements", "styles"])])?;
     let settings = synth.settings(
         "questions",
-        json!({"memory": memory_path, "cluster_size": cluster_size, "styles": styles, "prompts": synth.prompt_versions(&["fas-questions"])}),
+        json!({"memory": super::input_fingerprints(&[memory_path.to_path_buf()])?, "cluster_size": cluster_size, "styles": styles, "prompts": synth.prompt_versions(&["fas-questions"])}),
     );
     let journal = check_settings(out, &settings)?;
     let styles_text = styles.join(", ");
@@ -225,7 +234,7 @@ pub fn run(
                 id,
                 "questions",
             )?;
-            Ok(parse_questions(&output, id, cluster))
+            Ok(parse_questions(&output, id, cluster, styles))
         },
     )?;
     let questions: Vec<Value> = outcomes.into_iter().flat_map(|o| o.kept).collect();
@@ -298,12 +307,13 @@ mod tests {
     fn questions_are_checked_against_the_cluster() {
         let c = clusters(&memory(), 2, 0);
         let output = r#"{"questions": [
-            {"style": "multi_hop", "question": "q1", "answer": "7", "statements": ["st-1", "st-2"]},
+            {"style": "multi_hop", "question": "q1", "answer": "7", "statements": ["st-1", "st-2", "st-1"]},
             {"style": "poetry", "question": "q2", "answer": "x", "statements": ["st-1"]},
             {"style": "synthesis", "question": "q3", "answer": "x", "statements": ["st-9"]},
             {"style": "factual_retrieval", "question": "", "answer": "x", "statements": ["st-1"]}
         ]}"#;
-        let o = parse_questions(output, "q-a", &c[0].1);
+        let styles: Vec<String> = STYLES.iter().map(|s| s.to_string()).collect();
+        let o = parse_questions(output, "q-a", &c[0].1, &styles);
         assert_eq!(o.kept.len(), 1);
         assert_eq!(o.kept[0]["statements"].as_array().unwrap().len(), 2);
         let reasons: Vec<&str> = o.rejects.iter().map(|r| r.reason.as_str()).collect();
@@ -316,8 +326,11 @@ mod tests {
             ]
         );
         assert_eq!(
-            parse_questions("{}", "q-a", &c[0].1).rejects[0].reason,
+            parse_questions("{}", "q-a", &c[0].1, &styles).rejects[0].reason,
             "malformed_json"
         );
+        // Only the styles asked for are kept.
+        let o = parse_questions(output, "q-a", &c[0].1, &["synthesis".to_string()]);
+        assert!(o.kept.is_empty());
     }
 }

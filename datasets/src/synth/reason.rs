@@ -24,9 +24,13 @@ pub fn run(
 ) -> Result<Report, SynthError> {
     let questions = read_questions(questions_path)?;
     let versions = synth.prompt_versions(&["fas-reason-internal", "fas-reason-refine"]);
+    synth.check_prompts(&[
+        ("fas-reason-internal", &["question"]),
+        ("fas-reason-refine", &["question", "attempt", "statements"]),
+    ])?;
     let settings = synth.settings(
         "reason",
-        json!({"questions": questions_path, "reasoning_chars": [reasoning_chars.start(), reasoning_chars.end()], "prompts": versions}),
+        json!({"questions": super::input_fingerprints(&[questions_path.to_path_buf()])?, "reasoning_chars": [reasoning_chars.start(), reasoning_chars.end()], "prompts": versions}),
     );
     let journal = check_settings(out, &settings)?;
     let model = synth.model.name();

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -49,6 +49,80 @@ impl Outcome {
             kept: vec![],
             rejects: vec![Reject::new(reason, detail)],
         }
+    }
+}
+
+/// The reject reason of a request the model refused.
+const REFUSED: &str = "request_refused";
+
+/// Refusals in a row, before anything else succeeds, that stop a run as misconfigured.
+const REFUSALS_BEFORE_STOP: usize = 5;
+
+fn is_refusal(o: &Outcome) -> bool {
+    o.kept.is_empty() && o.rejects.iter().any(|r| r.reason == REFUSED)
+}
+
+/// What the workers share.
+struct State {
+    done: HashMap<String, Outcome>,
+    file: File,
+    counts: Counts,
+    error: Option<SynthError>,
+    /// Refused items not journalled yet. Until an item of the run gets past the model, a
+    /// refusal may come from a misconfiguration (every request refused: a wrong model name,
+    /// a `max_tokens` the server rejects), and journalling it would make it final.
+    held: Vec<(String, Outcome)>,
+    /// Something got past the model, in this run or an earlier one.
+    trusted: bool,
+}
+
+impl State {
+    fn finish(
+        &mut self,
+        id: &str,
+        outcome: Outcome,
+        journal_path: &Path,
+        progress: &(dyn Fn(&Counts) + Sync),
+    ) -> Result<(), SynthError> {
+        if is_refusal(&outcome) && !self.trusted {
+            self.held.push((id.to_string(), outcome));
+            if self.held.len() >= REFUSALS_BEFORE_STOP {
+                let first = self.held[0].1.rejects[0].detail.clone();
+                return Err(SynthError::Input(format!(
+                    "the model refused the first {} requests of this run; that looks like a configuration problem (model name, --max-tokens, context length), not bad items. First refusal: {first}",
+                    self.held.len()
+                )));
+            }
+            return Ok(());
+        }
+        if !is_refusal(&outcome) {
+            self.trusted = true;
+        }
+        for (held_id, held) in std::mem::take(&mut self.held) {
+            self.journal(&held_id, held, journal_path, progress)?;
+        }
+        self.journal(id, outcome, journal_path, progress)
+    }
+
+    fn journal(
+        &mut self,
+        id: &str,
+        outcome: Outcome,
+        journal_path: &Path,
+        progress: &(dyn Fn(&Counts) + Sync),
+    ) -> Result<(), SynthError> {
+        let line = serde_json::to_string(&Line {
+            item: id.to_string(),
+            outcome: outcome.clone(),
+        })
+        .expect("outcomes serialise");
+        writeln!(self.file, "{line}")
+            .and_then(|()| self.file.flush())
+            .map_err(|e| SynthError::io(journal_path, e))?;
+        self.counts.add(&outcome);
+        self.done.insert(id.to_string(), outcome);
+        progress(&self.counts);
+        Ok(())
     }
 }
 
@@ -103,7 +177,9 @@ pub fn run_items<T: Sync>(
     let mut seen = std::collections::HashSet::new();
     for (id, _) in items {
         if !seen.insert(id.as_str()) {
-            return Err(SynthError::Input(format!("item id `{id}` appears twice")));
+            return Err(SynthError::Input(format!(
+                "item id `{id}` appears twice (ids are the records' `id`, else FILE_STEM:LINE: give records ids, or input files distinct names)"
+            )));
         }
     }
     let (mut done, file) = open_journal(journal_path)?;
@@ -120,7 +196,15 @@ pub fn run_items<T: Sync>(
     let todo: Vec<usize> = (0..items.len())
         .filter(|&i| !done.contains_key(&items[i].0))
         .collect();
-    let state = Mutex::new((done, file, counts, None::<SynthError>));
+    let trusted = done.values().any(|o| !is_refusal(o));
+    let state = Mutex::new(State {
+        done,
+        file,
+        counts,
+        error: None,
+        held: Vec::new(),
+        trusted,
+    });
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
@@ -134,44 +218,40 @@ pub fn run_items<T: Sync>(
                 };
                 let (id, item) = &items[i];
                 let result = match work(id, item) {
-                    Err(LlmError::Refused(msg)) => Ok(Outcome::reject("request_refused", msg)),
+                    Err(LlmError::Refused(msg)) => Ok(Outcome::reject(REFUSED, msg)),
+                    Err(LlmError::Unusable { msg, .. }) => {
+                        Ok(Outcome::reject("unusable_completion", msg))
+                    }
                     other => other,
                 };
-                let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
-                let (done, file, counts, error) = &mut *guard;
-                match result {
-                    Ok(outcome) => {
-                        let line = serde_json::to_string(&Line {
-                            item: id.clone(),
-                            outcome: outcome.clone(),
-                        })
-                        .expect("outcomes serialise");
-                        if let Err(e) = writeln!(file, "{line}").and_then(|()| file.flush()) {
-                            stop.store(true, Ordering::SeqCst);
-                            error.get_or_insert(SynthError::io(journal_path, e));
-                            return;
-                        }
-                        counts.add(&outcome);
-                        done.insert(id.clone(), outcome);
-                        progress(counts);
-                    }
-                    Err(e) => {
-                        stop.store(true, Ordering::SeqCst);
-                        error.get_or_insert(SynthError::Llm {
-                            item: id.clone(),
-                            error: e,
-                            journal: journal_path.to_path_buf(),
-                        });
-                        return;
-                    }
+                let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+                let failure = match result {
+                    Ok(outcome) => state.finish(id, outcome, journal_path, progress).err(),
+                    Err(e) => Some(SynthError::Llm {
+                        item: id.clone(),
+                        error: e,
+                        journal: journal_path.to_path_buf(),
+                    }),
+                };
+                if let Some(e) = failure {
+                    stop.store(true, Ordering::SeqCst);
+                    state.error.get_or_insert(e);
+                    return;
                 }
             });
         }
     });
-    let (mut done, _, counts, error) = state.into_inner().unwrap_or_else(|p| p.into_inner());
-    if let Some(e) = error {
+    let mut state = state.into_inner().unwrap_or_else(|p| p.into_inner());
+    if let Some(e) = state.error.take() {
         return Err(e);
     }
+    // A short run refused throughout: few enough items to take the refusals as final.
+    for (id, outcome) in std::mem::take(&mut state.held) {
+        state.journal(&id, outcome, journal_path, progress)?;
+    }
+    let State {
+        mut done, counts, ..
+    } = state;
     let outcomes = items
         .iter()
         .map(|(id, _)| done.remove(id).expect("every item ran"))
@@ -182,11 +262,10 @@ pub fn run_items<T: Sync>(
 fn open_journal(path: &Path) -> Result<(HashMap<String, Outcome>, File), SynthError> {
     let mut done = HashMap::new();
     if path.exists() {
-        let file = File::open(path).map_err(|e| SynthError::io(path, e))?;
-        for line in BufReader::new(file).lines() {
-            let line = line.map_err(|e| SynthError::io(path, e))?;
-            // Only a crash mid-append leaves a line that does not parse.
-            if let Ok(l) = serde_json::from_str::<Line>(&line) {
+        let bytes = std::fs::read(path).map_err(|e| SynthError::io(path, e))?;
+        // Only a crash mid-append leaves a line that does not parse (even as UTF-8).
+        for line in bytes.split(|&b| b == b'\n') {
+            if let Ok(l) = serde_json::from_slice::<Line>(line) {
                 done.insert(l.item, l.outcome);
             }
         }
@@ -278,7 +357,7 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 14);
         // Simulate a torn line from a crash.
         let mut f = OpenOptions::new().append(true).open(&journal).unwrap();
-        write!(f, "{{\"item\": \"item-1").unwrap();
+        f.write_all(b"{\"item\": \"item-1\xe2\x82").unwrap();
         drop(f);
         let (outcomes, counts) = run_items(&items, &journal, 4, &|_| {}, &|id, &i| {
             assert!(i >= 13, "{id} was journalled");
@@ -297,6 +376,38 @@ mod tests {
             .collect();
         let expected: Vec<u64> = (0..20u64).filter(|i| *i >= 13 || i % 3 != 0).collect();
         assert_eq!(kept, expected);
+    }
+
+    /// Refusals before anything succeeds stop the run unjournalled (a misconfiguration);
+    /// after a success they are ordinary rejects.
+    #[test]
+    fn a_run_refused_throughout_stops_without_journalling() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join("journal.jsonl");
+        let refused =
+            |_: &str, _: &usize| Err(LlmError::Refused("HTTP 400: bad max_tokens".into()));
+        let err = run_items(&items(8), &journal, 1, &|_| {}, &refused).unwrap_err();
+        assert!(
+            err.to_string().contains("refused the first 5 requests"),
+            "{err}"
+        );
+        assert!(std::fs::read_to_string(&journal).unwrap().trim().is_empty());
+        let mixed = |_: &str, &i: &usize| {
+            if i == 0 {
+                Ok(Outcome {
+                    kept: vec![Value::from(0)],
+                    rejects: vec![],
+                })
+            } else {
+                Err(LlmError::Refused("too long".into()))
+            }
+        };
+        let (_, counts) = run_items(&items(8), &journal, 1, &|_| {}, &mixed).unwrap();
+        assert_eq!(counts.reject_reasons[REFUSED], 7);
+        // A run too short to tell is journalled as it is.
+        let short = dir.path().join("short.jsonl");
+        let (_, counts) = run_items(&items(2), &short, 1, &|_| {}, &refused).unwrap();
+        assert_eq!(counts.rejected_items, 2);
     }
 
     #[test]

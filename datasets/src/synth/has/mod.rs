@@ -126,6 +126,7 @@ pub fn read_trajectories(inputs: &[PathBuf]) -> Result<Vec<(String, Trajectory)>
 fn flatten_strings(v: Option<&Value>, out: &mut Vec<String>) {
     match v {
         Some(Value::String(s)) if !s.trim().is_empty() => out.push(s.clone()),
+        Some(v @ (Value::Number(_) | Value::Bool(_))) => out.push(v.to_string()),
         Some(Value::Array(items)) => items.iter().for_each(|i| flatten_strings(Some(i), out)),
         _ => {}
     }
@@ -311,12 +312,19 @@ fn synthesize(
             })
         }
     };
-    let Action::Answer {
-        answer: final_answer,
-        ..
-    } = &parsed.steps.last().expect("non-empty").0.action
+    let Some((
+        Step {
+            action:
+                Action::Answer {
+                    answer: final_answer,
+                    ..
+                },
+            ..
+        },
+        _,
+    )) = parsed.steps.last()
     else {
-        unreachable!("parse_trajectory checks the final answer")
+        return Ok(Outcome::reject("missing_answer", "no final <answer>"));
     };
     // The judgement: given, else the normaliser, else (optionally) the LLM judge.
     let (correct, judgement_source) = if let Some(j) = t.judgement {
@@ -485,9 +493,13 @@ pub fn run(
         )));
     }
     let trajectories = read_trajectories(inputs)?;
+    synth.check_prompts(&[
+        ("has-alternatives", &["context", "n", "kind", "format"]),
+        ("answer-judge", &["question", "reference", "answer"]),
+    ])?;
     let settings = synth.settings(
         "has",
-        json!({"inputs": inputs, "alternatives": [options.alternatives.start(), options.alternatives.end()], "llm_judge": options.llm_judge, "prompts": synth.prompt_versions(&["has-alternatives", "answer-judge"])}),
+        json!({"inputs": super::input_fingerprints(inputs)?, "alternatives": [options.alternatives.start(), options.alternatives.end()], "llm_judge": options.llm_judge, "prompts": synth.prompt_versions(&["has-alternatives", "answer-judge"])}),
     );
     let journal = check_settings(out, &settings)?;
     let (outcomes, counts) = run_items(

@@ -22,7 +22,9 @@ use agentcpt::device::{default_dtype, known_peak_tflops, parse_dtype, select, De
 use agentcpt::train::metrics::peak_rss_bytes;
 use agentcpt::train::optimizer::{add_gradients, apply, clip_factor, global_norm, AdamW};
 use agentcpt_model::burn::tensor::{FloatDType, Int, Tensor, TensorData};
-use agentcpt_model::info::{training_flops_per_token, FLOPS_CONVENTION};
+use agentcpt_model::info::{
+    training_flops_per_token, training_memory, StepMemoryOptions, FLOPS_CONVENTION,
+};
 use agentcpt_model::step::StepOptions;
 use agentcpt_model::{Qwen3, Qwen3Config, SequenceLayout};
 use serde_json::json;
@@ -72,6 +74,8 @@ fn arg(args: &[String], name: &str, default: usize) -> usize {
 }
 
 fn main() {
+    // As the agentcpt binary does (src/allocator.rs).
+    agentcpt::allocator::return_freed_tensors_to_the_os();
     let args: Vec<String> = std::env::args().collect();
     let seq = arg(&args, "--seq-len", 4096);
     let recompute = arg(&args, "--recompute-every", 1);
@@ -99,6 +103,21 @@ fn main() {
     device.seed(0);
     let config = config(model_name, seq);
     let flops_per_token = training_flops_per_token(&config, seq);
+    // What `agentcpt model info` and `recipe --dry-run` predict for this step, printed
+    // beside the measured peak (on GPUs the peak RSS is host memory and not comparable).
+    let compute_bytes = if dtype == FloatDType::F32 { 4 } else { 2 };
+    let predicted = training_memory(
+        &config,
+        seq,
+        1,
+        compute_bytes,
+        &StepMemoryOptions {
+            recompute_every: recompute,
+            loss_chunk,
+            attention_block: block,
+        },
+    )
+    .total();
     let mut model = Qwen3::random(config, &device);
     let mut optimizer = AdamW::new(serde_json::from_value(json!({ "lr": 1e-4 })).expect("config"));
     let ids: Vec<i64> = (0..seq as i64).map(|i| (i * 7919) % 32000).collect();
@@ -154,6 +173,8 @@ fn main() {
             "mfu": peak.map(|p| seq as f64 * flops_per_token / secs / 1e12 / p),
             "flops_convention": FLOPS_CONVENTION,
             "peak_rss_bytes": peak_rss_bytes(),
+            "predicted_peak_bytes": predicted,
+            "predicted_over_measured": peak_rss_bytes().map(|m| predicted as f64 / m as f64),
             "loss": loss,
         })
     );

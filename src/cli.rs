@@ -307,6 +307,15 @@ pub enum ModelCommand {
         /// Compute dtype of the estimate (bf16 or f32).
         #[arg(long, default_value = "bf16")]
         dtype: String,
+        /// Layers per recomputed segment (0: none), as `runtime.recompute_every`.
+        #[arg(long, default_value_t = 0)]
+        recompute_every: usize,
+        /// Positions per LM-head chunk, as `runtime.loss_chunk`.
+        #[arg(long, default_value_t = 1024)]
+        loss_chunk: usize,
+        /// Blockwise attention tile (0: materialised scores), as `runtime.attention_block`.
+        #[arg(long, default_value_t = 0)]
+        attention_block: usize,
     },
     /// Logits, per-token loss, loss and aux loss of a checkpoint on given token ids.
     Forward {
@@ -387,7 +396,17 @@ pub fn run(cli: Cli) -> Result<()> {
             seq_len,
             micro_batch,
             dtype,
-        }) => commands::model::info(&config, seq_len, micro_batch, &dtype),
+            recompute_every,
+            loss_chunk,
+            attention_block,
+        }) => {
+            let step = agentcpt_model::info::StepMemoryOptions {
+                recompute_every,
+                loss_chunk,
+                attention_block,
+            };
+            commands::model::info(&config, seq_len, micro_batch, &dtype, &step)
+        }
         Command::Model(ModelCommand::Forward {
             model,
             input_ids,

@@ -61,6 +61,27 @@ pub fn param_counts(c: &Qwen3Config) -> ParamCounts {
     }
 }
 
+/// How the step is run, as far as memory goes (the recipe's `runtime` keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepMemoryOptions {
+    /// Layers per recomputed segment; 0 keeps every layer's activations.
+    pub recompute_every: usize,
+    /// Positions per LM-head chunk; 0 scores the whole sequence at once.
+    pub loss_chunk: usize,
+    /// Blockwise attention tile; 0 materialises the scores.
+    pub attention_block: usize,
+}
+
+/// The backward of a layer holds, per token, this many times the attention-side
+/// activations counted below (autodiff's saved intermediates and their gradients, the
+/// blockwise attention's accumulators, the allocator's high-water mark). Calibrated on
+/// flex in f32 with `benches/long_context.rs` (small MoE, 2K–32K tokens: about 250 KB per
+/// token against 23.6 KB counted); the bench prints prediction and measurement side by side.
+pub const BACKWARD_WORKING_FACTOR: u64 = 10;
+
+/// What a process holds before any tensor: code, thread pools, allocator arenas.
+pub const PROCESS_BASELINE_BYTES: u64 = 96 << 20;
+
 /// Estimated peak bytes of one training step with AdamW, by component.
 #[derive(Debug, Clone, Copy)]
 pub struct MemoryEstimate {
@@ -69,61 +90,113 @@ pub struct MemoryEstimate {
     pub gradients: u64,
     /// AdamW's two f32 moments.
     pub optimizer: u64,
-    /// Layer activations kept for backward.
-    pub activations: u64,
-    /// f32 attention scores and probabilities of every layer, which the materialising
-    /// attention keeps for backward (quadratic in the sequence length).
+    /// Activations kept between the forward and the backward: every layer's, or with
+    /// recomputation each segment's input.
+    pub saved: u64,
+    /// What the backward of the live layers (one segment, or the whole stack) holds at once.
+    pub working: u64,
+    /// f32 attention scores and probabilities of the live layers when the attention is
+    /// materialised (quadratic in the sequence length); one tile per head when blockwise.
     pub attention_scores: u64,
-    /// Full-vocabulary logits in the compute dtype and in f32, and the loss's exponentials.
+    /// Logits of one loss chunk (or the whole sequence) in the compute dtype and in f32,
+    /// the loss's exponentials and the logits' gradient.
     pub logits: u64,
+    /// [`PROCESS_BASELINE_BYTES`].
+    pub baseline: u64,
+    /// Materialised scores without recomputation are kept from the forward to the backward,
+    /// so they live through the loss head too.
+    pub scores_kept: bool,
 }
 
 impl MemoryEstimate {
+    /// The peak: what lives throughout, plus the larger of the two phases (the loss head's
+    /// chunks, then the layers' backward), which never overlap.
     pub fn total(&self) -> u64 {
+        let (kept, layer_phase) = if self.scores_kept {
+            (self.attention_scores, self.working)
+        } else {
+            (0, self.working + self.attention_scores)
+        };
         self.weights
             + self.gradients
             + self.optimizer
-            + self.activations
-            + self.attention_scores
-            + self.logits
+            + self.saved
+            + kept
+            + self.baseline
+            + self.logits.max(layer_phase)
     }
 }
 
-/// `compute_bytes`: 4 for f32, 2 for bf16/f16 compute.
+/// Peak memory of one training step (forward, backward, AdamW) on `micro_batch` rows of
+/// `seq_len` tokens. `compute_bytes`: 4 for f32, 2 for bf16/f16 compute.
 pub fn training_memory(
     c: &Qwen3Config,
     seq_len: usize,
     micro_batch: usize,
     compute_bytes: u64,
+    step: &StepMemoryOptions,
 ) -> MemoryEstimate {
     let p = param_counts(c).total;
     let tokens = (seq_len * micro_batch) as u64;
+    let layers = c.num_hidden_layers as u64;
     let (hd, hq, kv) = (
         c.hidden_size as u64,
         (c.num_attention_heads * c.head_dim) as u64,
         (c.num_key_value_heads * c.head_dim) as u64,
     );
-    let mut per_token = 0u64;
-    let mut scores = 0u64;
-    for layer in 0..c.num_hidden_layers {
-        // Norm inputs/outputs, q, k, v (pre- and post-norm/rope), attention output, residuals.
-        let attn = 6 * hd + 4 * hq + 6 * kv;
-        let ffn = match (&c.moe, c.is_moe_layer(layer)) {
+    // Per token, per layer, in elements: norm inputs/outputs, q, k, v (pre- and
+    // post-norm/rope), attention output, residuals; then the feed-forward block.
+    let attn = 6 * hd + 4 * hq + 6 * kv;
+    let ffn = (0..c.num_hidden_layers)
+        .map(|layer| match (&c.moe, c.is_moe_layer(layer)) {
             (Some(m), true) => {
-                let k = m.num_experts_per_tok as u64;
                 // Router probs in f32 plus, per chosen expert, the gathered input, gate, up,
                 // product and output.
-                2 * m.num_experts as u64 + k * (2 * hd + 3 * m.moe_intermediate_size as u64)
+                2 * m.num_experts as u64
+                    + m.num_experts_per_tok as u64 * (2 * hd + 3 * m.moe_intermediate_size as u64)
             }
             _ => 2 * hd + 3 * c.intermediate_size as u64,
-        };
-        per_token += attn + ffn;
-        // f32 scores and probabilities, [H, S, S] per sequence.
-        scores +=
-            2 * 4 * c.num_attention_heads as u64 * (seq_len as u64).pow(2) * micro_batch as u64;
-    }
-    // Logits in the compute dtype and in f32, and the f32 exponentials of the loss.
-    let logits = tokens * c.vocab_size as u64 * (compute_bytes + 8);
+        })
+        .max()
+        .unwrap_or(0);
+    let blockwise = step.attention_block > 0;
+    // Blockwise attention recomputes in the backward, so it implies recomputation (the
+    // whole stack as one segment when none is asked for).
+    let live_layers = match step.recompute_every {
+        0 => layers,
+        r => (r as u64).min(layers),
+    };
+    let recomputed = step.recompute_every > 0 || blockwise;
+    let saved = if recomputed {
+        layers.div_ceil(live_layers) * hd * tokens * compute_bytes
+    } else {
+        layers * (attn + ffn) * tokens * compute_bytes
+    };
+    // The blockwise path runs the feed-forward backward a loss chunk at a time.
+    let ffn_tokens = if blockwise && step.loss_chunk > 0 {
+        tokens.min(step.loss_chunk as u64)
+    } else {
+        tokens
+    };
+    // A recomputed segment re-runs its layers under autodiff; without recomputation the
+    // activations are already in `saved` and the backward adds about one layer's worth.
+    let working_layers = if recomputed { live_layers } else { 1 };
+    let working = working_layers
+        * (BACKWARD_WORKING_FACTOR * attn * tokens + ffn * ffn_tokens)
+        * compute_bytes;
+    let heads = c.num_attention_heads as u64;
+    let attention_scores = if blockwise {
+        let b = (step.attention_block as u64).min(seq_len as u64);
+        // Scores, probabilities and their gradients, one tile per head.
+        4 * 4 * heads * b * b * micro_batch as u64
+    } else {
+        2 * 4 * heads * (seq_len as u64).pow(2) * micro_batch as u64 * live_layers
+    };
+    let logit_tokens = match step.loss_chunk {
+        0 => tokens,
+        chunk => tokens.min(chunk as u64),
+    };
+    let logits = logit_tokens * c.vocab_size as u64 * (compute_bytes + 12);
     let narrow_copy = if compute_bytes < 4 {
         p * compute_bytes
     } else {
@@ -133,9 +206,12 @@ pub fn training_memory(
         weights: 4 * p + narrow_copy,
         gradients: 4 * p,
         optimizer: 8 * p,
-        activations: per_token * tokens * compute_bytes,
-        attention_scores: scores,
+        saved,
+        working,
+        attention_scores,
         logits,
+        baseline: PROCESS_BASELINE_BYTES,
+        scores_kept: !recomputed,
     }
 }
 
@@ -194,5 +270,68 @@ mod tests {
             let f = training_flops_per_token(&c, seq) / 1e9;
             assert_eq!(format!("{f:.1}"), gflop, "at {seq}");
         }
+    }
+
+    /// The bench model of issue 5 (hidden 512, 4 layers, 16 experts top-4, vocab 32000).
+    fn small_moe() -> Qwen3Config {
+        let cfg = json!({
+            "model_type": "qwen3_moe", "vocab_size": 32000, "hidden_size": 512,
+            "intermediate_size": 1536, "num_hidden_layers": 4, "num_attention_heads": 8,
+            "num_key_value_heads": 2, "head_dim": 64, "rms_norm_eps": 1e-6, "rope_theta": 1e6,
+            "max_position_embeddings": 131072, "num_experts": 16, "num_experts_per_tok": 4,
+            "moe_intermediate_size": 256
+        });
+        Qwen3Config::from_json(cfg, std::path::Path::new("small.json")).unwrap()
+    }
+
+    /// With recomputation, blockwise attention and a chunked loss the estimate grows
+    /// linearly in the sequence length; materialised attention grows quadratically, and
+    /// whole-sequence logits cost what chunking saves.
+    #[test]
+    fn memory_follows_the_runtime_options() {
+        let c = small_moe();
+        let linear = StepMemoryOptions {
+            recompute_every: 1,
+            loss_chunk: 1024,
+            attention_block: 512,
+        };
+        let at = |seq, step: &StepMemoryOptions| training_memory(&c, seq, 1, 4, step);
+        let (m8, m32) = (at(8192, &linear), at(32768, &linear));
+        let ratio = m32.total() as f64 / m8.total() as f64;
+        assert!(ratio > 2.0 && ratio < 4.0, "32K/8K = {ratio}");
+        assert_eq!(m8.logits, m32.logits, "one loss chunk whatever the length");
+        assert_eq!(
+            m8.attention_scores, m32.attention_scores,
+            "one tile per head"
+        );
+        let materialised = StepMemoryOptions {
+            attention_block: 0,
+            ..linear
+        };
+        let (q8, q32) = (at(8192, &materialised), at(32768, &materialised));
+        assert_eq!(q32.attention_scores, 16 * q8.attention_scores);
+        let kept = StepMemoryOptions {
+            recompute_every: 0,
+            loss_chunk: 0,
+            attention_block: 0,
+        };
+        let all = at(8192, &kept);
+        assert!(
+            all.saved > 4 * m8.saved,
+            "recomputation keeps only layer inputs"
+        );
+        assert_eq!(
+            all.logits,
+            8 * m8.logits,
+            "8K positions of logits instead of 1K"
+        );
+        assert_eq!(
+            all.attention_scores,
+            4 * q8.attention_scores,
+            "all 4 layers live"
+        );
+        // bf16 compute adds a compute copy of the weights and halves activations.
+        let bf16 = training_memory(&c, 8192, 1, 2, &linear);
+        assert!(bf16.weights > m8.weights && bf16.working * 2 == m8.working);
     }
 }

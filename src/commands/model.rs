@@ -3,7 +3,9 @@
 use std::path::Path;
 
 use agentcpt_model::burn::tensor::{Device, Int, Tensor, TensorData};
-use agentcpt_model::info::{billions, human_bytes, human_count, param_counts, training_memory};
+use agentcpt_model::info::{
+    billions, human_bytes, human_count, param_counts, training_memory, StepMemoryOptions,
+};
 use agentcpt_model::weights::{save_pretrained, SaveDType, SaveOptions};
 use agentcpt_model::{Qwen3, Qwen3Config, SequenceLayout};
 use anyhow::{bail, Context, Result};
@@ -11,7 +13,13 @@ use serde::Deserialize;
 use serde_json::json;
 
 /// Prints architecture, parameter counts and a training-memory estimate.
-pub fn info(config: &Path, seq_len: usize, micro_batch: usize, dtype: &str) -> Result<()> {
+pub fn info(
+    config: &Path,
+    seq_len: usize,
+    micro_batch: usize,
+    dtype: &str,
+    step: &StepMemoryOptions,
+) -> Result<()> {
     let c = Qwen3Config::from_file(config)?;
     let compute_bytes = match dtype {
         "f32" | "float32" => 4,
@@ -54,11 +62,25 @@ pub fn info(config: &Path, seq_len: usize, micro_batch: usize, dtype: &str) -> R
         human_count(n.active),
         human_count(n.active - n.embedding)
     );
-    let m = training_memory(&c, seq_len, micro_batch, compute_bytes);
-    println!("training memory  {} at seq_len {seq_len} × micro-batch {micro_batch}, {dtype} compute, AdamW:", human_bytes(m.total()));
-    println!("  weights {}, gradients {}, optimizer {}, activations {}, attention scores {} (materialised attention), logits {}",
-        human_bytes(m.weights), human_bytes(m.gradients), human_bytes(m.optimizer), human_bytes(m.activations),
-        human_bytes(m.attention_scores), human_bytes(m.logits));
+    let m = training_memory(&c, seq_len, micro_batch, compute_bytes, step);
+    println!(
+        "training memory  {} at seq_len {seq_len} × micro-batch {micro_batch}, {dtype} compute, AdamW, recompute every {} layers, loss chunk {}, attention block {}:",
+        human_bytes(m.total()),
+        step.recompute_every,
+        step.loss_chunk,
+        step.attention_block
+    );
+    println!(
+        "  weights {}, gradients {}, optimizer {}, saved activations {}, backward working set {}, attention scores {}, logits {}, process {}",
+        human_bytes(m.weights),
+        human_bytes(m.gradients),
+        human_bytes(m.optimizer),
+        human_bytes(m.saved),
+        human_bytes(m.working),
+        human_bytes(m.attention_scores),
+        human_bytes(m.logits),
+        human_bytes(m.baseline)
+    );
     Ok(())
 }
 

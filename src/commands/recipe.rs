@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use agentcpt_datasets::{DataParallel, Loader};
 use agentcpt_model::burn::tensor::FloatDType;
-use agentcpt_model::info::{billions, human_bytes, param_counts, training_memory};
+use agentcpt_model::info::{
+    billions, human_bytes, param_counts, training_memory, StepMemoryOptions,
+};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -61,7 +63,12 @@ pub fn dry_run(recipe: &LoadedRecipe) -> Result<()> {
     } else {
         2
     };
-    let memory = training_memory(&config, r.data.seq_len, r.train.micro_batch, bytes);
+    let step = StepMemoryOptions {
+        recompute_every: r.runtime.recompute_every,
+        loss_chunk: r.runtime.loss_chunk,
+        attention_block: r.runtime.attention_block,
+    };
+    let memory = training_memory(&config, r.data.seq_len, r.train.micro_batch, bytes, &step);
     println!(
         "memory        ≈ {} per step ({compute_dtype:?} compute on f32 master weights; see `agentcpt model info`)",
         human_bytes(memory.total())

@@ -299,6 +299,21 @@ fn dry_run_validates_the_model_against_the_recipe() {
         "{}",
         stderr(&o)
     );
+
+    // Held-out sources are checked too, not only at the first evaluation.
+    let o = agentcpt(&[
+        "recipe",
+        &recipe("tiny-stage1.toml"),
+        "--dry-run",
+        "--set",
+        r#"eval.sources=[{name = "heldout", paths = ["data/tiny/missing-*.parquet"], weight = 1.0}]"#,
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("`eval.sources`") && stderr(&o).contains("missing-*.parquet"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 /// `agentcpt report` draws every chart, as a PNG of the default size and an SVG with labels.

@@ -13,18 +13,20 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::device::{default_dtype, known_peak_tflops, parse_dtype, select, DeviceSpec};
 use crate::recipe::LoadedRecipe;
-use crate::train::trainer::{check_compatibility, model_config, Outcome, Trainer};
+use crate::train::trainer::{check_compatibility, eval_loader, model_config, Outcome, Trainer};
 
 /// Validates everything reachable without training and prints the resolved plan.
 pub fn dry_run(recipe: &LoadedRecipe) -> Result<()> {
     let config = model_config(recipe)?;
     check_compatibility(recipe, &config)?;
-    // Opening the loader checks every glob, file and schema.
+    // Opening the loaders checks every glob, file and schema, held-out sources included.
+    let encoder = recipe.encoder()?;
     Loader::open(
         recipe.recipe.data.clone(),
-        recipe.encoder()?,
+        encoder.clone(),
         DataParallel::SINGLE,
     )?;
+    eval_loader(recipe, &encoder)?;
     let r = &recipe.recipe;
     let counts = param_counts(&config);
     let steps = recipe.total_steps();

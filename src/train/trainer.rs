@@ -90,6 +90,21 @@ fn stage_checkpoint(run_dir: &Path) -> Result<PathBuf> {
     })
 }
 
+/// A loader over the recipe's held-out sources, packed exactly as the training data is
+/// (`None` without an `[eval]` section). Opening it checks every glob, file and schema.
+pub fn eval_loader(recipe: &LoadedRecipe, encoder: &Arc<dyn Encoder>) -> Result<Option<Loader>> {
+    let Some(eval) = &recipe.recipe.eval else {
+        return Ok(None);
+    };
+    let config = agentcpt_datasets::LoaderConfig {
+        sources: eval.sources.clone(),
+        ..recipe.recipe.data.clone()
+    };
+    let loader = Loader::open(config, encoder.clone(), DataParallel::SINGLE)
+        .with_context(|| format!("{}: `eval.sources`", recipe.path.display()))?;
+    Ok(Some(loader))
+}
+
 /// Checks what can only be checked against the model and the data: sequence length, token
 /// ids against the vocabulary, the data files.
 pub fn check_compatibility(recipe: &LoadedRecipe, config: &Qwen3Config) -> Result<()> {
@@ -142,6 +157,8 @@ impl Trainer {
         let config = model_config(&recipe)?;
         check_compatibility(&recipe, &config)?;
         let encoder = recipe.encoder()?;
+        // A bad held-out glob or shard fails now, not at the first evaluation.
+        eval_loader(&recipe, &encoder)?;
         let resume_from = if fresh {
             None
         } else {
@@ -409,12 +426,7 @@ impl Trainer {
             .eval
             .as_ref()
             .expect("called with an eval section");
-        // Packed exactly as the training data is, from the held-out sources.
-        let config = agentcpt_datasets::LoaderConfig {
-            sources: eval.sources.clone(),
-            ..self.recipe.recipe.data.clone()
-        };
-        let mut loader = Loader::open(config, self.encoder.clone(), DataParallel::SINGLE)?;
+        let mut loader = eval_loader(&self.recipe, &self.encoder)?.expect("an eval section");
         let model = self.model.valid();
         let mut per_source = vec![(0f64, 0usize); eval.sources.len()];
         let runtime = &self.recipe.recipe.runtime;

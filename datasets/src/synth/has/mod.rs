@@ -57,70 +57,103 @@ struct Parsed<'a> {
     tools: Option<Vec<String>>,
 }
 
-/// Reads trajectories from JSONL: `messages` (role/content, tool responses as `user` turns
-/// wrapped in `<tool_response>` or as `tool` turns), a reference `answer` (string or nested
-/// lists of strings) and optionally a given judgement (`judgement`: "correct"/"incorrect", or
-/// `correct`: bool). Ids are `id`, else `FILE_STEM:LINE`.
+/// Reads trajectories from JSONL, or from Parquet shards (`agentcpt data import --kind
+/// trajectory` output: `messages`, with the other fields in `meta`). Each has `messages`
+/// (role/content, tool responses as `user` turns wrapped in `<tool_response>` or as `tool`
+/// turns), a reference `answer` (string, number or nested lists of them) and optionally a
+/// given judgement (`judgement`: "correct"/"incorrect", or `correct`: bool). Ids are the
+/// record's `id`, else `FILE_STEM:LINE`.
 pub fn read_trajectories(inputs: &[PathBuf]) -> Result<Vec<(String, Trajectory)>, SynthError> {
     let mut out = Vec::new();
     for path in inputs {
+        if path.extension().is_some_and(|e| e == "parquet") {
+            for row in crate::reader::read_all(&[path.display().to_string()])? {
+                let (_, sample) = row?;
+                let bad = |what: String| {
+                    SynthError::Input(format!(
+                        "{}: sample `{}`: {what}",
+                        path.display(),
+                        sample.id
+                    ))
+                };
+                let crate::schema::Content::Messages(json) = &sample.content else {
+                    return Err(bad("a trajectory needs the `messages` column".into()));
+                };
+                let messages: Value = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
+                let messages = match messages {
+                    Value::Object(mut o) => o.remove("messages").unwrap_or(Value::Null),
+                    other => other,
+                };
+                let fields: Value = match &sample.meta {
+                    Some(meta) => serde_json::from_str(meta).map_err(|e| bad(e.to_string()))?,
+                    None => Value::Null,
+                };
+                let source = format!("{}#{}", path.display(), sample.id);
+                let t = trajectory(&messages, &fields, source).map_err(bad)?;
+                out.push((sample.id.clone(), t));
+            }
+            continue;
+        }
         let stem = path.file_stem().unwrap_or_default().to_string_lossy();
         for (line, v) in read_jsonl(path)? {
-            let bad = |what: &str| SynthError::Input(format!("{}:{line}: {what}", path.display()));
-            let messages = v
-                .get("messages")
-                .and_then(Value::as_array)
-                .ok_or_else(|| bad("no `messages` array"))?
-                .iter()
-                .map(|m| {
-                    let role = m.get("role").and_then(Value::as_str);
-                    let content = m.get("content").and_then(Value::as_str);
-                    match (role, content) {
-                        (Some(r), Some(c)) => Ok((r.to_string(), c.to_string())),
-                        _ => Err(bad("a message needs string `role` and `content`")),
-                    }
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut references = Vec::new();
-            flatten_strings(
-                v.get("answer").or(v.get("reference_answer")),
-                &mut references,
-            );
-            let judgement = match (v.get("judgement").and_then(Value::as_str), v.get("correct")) {
-                (Some(j), _) => match j.to_ascii_lowercase().as_str() {
-                    "correct" => Some(true),
-                    "incorrect" => Some(false),
-                    other => {
-                        return Err(bad(&format!(
-                            "`judgement` must be \"correct\" or \"incorrect\", got `{other}`"
-                        )))
-                    }
-                },
-                (None, Some(Value::Bool(b))) => Some(*b),
-                (None, Some(other)) => {
-                    return Err(bad(&format!(
-                        "`correct` must be true or false, got {other}"
-                    )))
-                }
-                (None, None) => None,
-            };
+            let source = format!("{}:{line}", path.display());
+            let t = trajectory(&v["messages"], &v, source)
+                .map_err(|e| SynthError::Input(format!("{}:{line}: {e}", path.display())))?;
             let id = v
                 .get("id")
                 .and_then(Value::as_str)
                 .map(str::to_string)
                 .unwrap_or_else(|| format!("{stem}:{line}"));
-            out.push((
-                id,
-                Trajectory {
-                    source: format!("{}:{line}", path.display()),
-                    messages,
-                    references,
-                    judgement,
-                },
-            ));
+            out.push((id, t));
         }
     }
     Ok(out)
+}
+
+/// One trajectory from its `messages` and the object holding `answer` / `judgement` /
+/// `correct`.
+fn trajectory(messages: &Value, fields: &Value, source: String) -> Result<Trajectory, String> {
+    let messages = messages
+        .as_array()
+        .ok_or("no `messages` array")?
+        .iter()
+        .map(|m| {
+            let role = m.get("role").and_then(Value::as_str);
+            let content = m.get("content").and_then(Value::as_str);
+            match (role, content) {
+                (Some(r), Some(c)) => Ok((r.to_string(), c.to_string())),
+                _ => Err("a message needs string `role` and `content`".to_string()),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut references = Vec::new();
+    flatten_strings(
+        fields.get("answer").or(fields.get("reference_answer")),
+        &mut references,
+    );
+    let judgement = match (
+        fields.get("judgement").and_then(Value::as_str),
+        fields.get("correct"),
+    ) {
+        (Some(j), _) => match j.to_ascii_lowercase().as_str() {
+            "correct" => Some(true),
+            "incorrect" => Some(false),
+            other => {
+                return Err(format!(
+                    "`judgement` must be \"correct\" or \"incorrect\", got `{other}`"
+                ))
+            }
+        },
+        (None, Some(Value::Bool(b))) => Some(*b),
+        (None, Some(other)) => return Err(format!("`correct` must be true or false, got {other}")),
+        (None, None) => None,
+    };
+    Ok(Trajectory {
+        source,
+        messages,
+        references,
+        judgement,
+    })
 }
 
 fn flatten_strings(v: Option<&Value>, out: &mut Vec<String>) {

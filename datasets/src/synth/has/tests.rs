@@ -227,3 +227,35 @@ fn tool_lists_read_one_per_line_or_comma_separated() {
     assert_eq!(tool_names(commas).unwrap(), ["search", "visit"]);
     assert_eq!(tool_names("<tools>{broken</tools>"), None);
 }
+
+/// Trajectories imported as Parquet (`messages` column, answer in `meta`) read like JSONL.
+#[test]
+fn imported_parquet_trajectories_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let step = format!("<think>\nsearch\n</think>\n{SEARCH}");
+    let answer = "<think>\ny\n</think>\n<answer>Santa Claus</answer>";
+    let line: Value = serde_json::from_str(&trajectory(&[&step, answer], "x")).unwrap();
+    let sample = crate::schema::Sample {
+        id: "traj-1".into(),
+        kind: "trajectory".into(),
+        source: "webdancer".into(),
+        content: crate::schema::Content::Messages(
+            json!({"messages": line["messages"], "tools": []}).to_string(),
+        ),
+        meta: Some(json!({"answer": [["Santa Claus"]]}).to_string()),
+    };
+    let shard = dir.path().join("t.parquet");
+    crate::schema::write_shard(&shard, [sample], Default::default()).unwrap();
+    let report = run(
+        &synth(Recorded(alternatives)),
+        &[shard],
+        &dir.path().join("out"),
+        &options(),
+        &ByteEncoder,
+    )
+    .unwrap();
+    assert_eq!(report.counts.kept_items, 1, "{report:?}");
+    let meta: Value = serde_json::from_str(samples(&report)[0].meta.as_ref().unwrap()).unwrap();
+    assert_eq!(meta["trajectory_id"], "traj-1");
+    assert_eq!(meta["judgement"], "correct");
+}

@@ -254,20 +254,13 @@ mod tests {
     use burn::tensor::{Device, Distribution};
 
     fn close(what: &str, ours: Tensor<4>, reference: Tensor<4>) {
-        let ours: Vec<f32> = ours.into_data().convert::<f32>().try_into_vec().unwrap();
-        let reference: Vec<f32> = reference
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec()
-            .unwrap();
-        let diff: f64 = ours
-            .iter()
-            .zip(&reference)
-            .map(|(a, b)| ((a - b) as f64).powi(2))
-            .sum();
-        let norm: f64 = reference.iter().map(|b| (*b as f64).powi(2)).sum();
-        let rel = (diff / norm).sqrt();
-        assert!(rel <= 1e-5, "{what}: relative error {rel}");
+        let values = |t: Tensor<4>| -> Vec<f32> {
+            t.into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .unwrap()
+        };
+        crate::model::tests::assert_close(what, &values(ours), &values(reference), 1e-5);
     }
 
     /// Output and q/k/v gradients equal those of the materialising attention (autodiff),

@@ -461,7 +461,9 @@ fn layer_index(name: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::tests::{seeded, tiny_moe_config, tiny_moe_config_with};
+    use crate::model::tests::{
+        assert_close as close, seeded, tiny_moe_config, tiny_moe_config_with,
+    };
     use burn::module::Module;
     use burn::tensor::Device;
 
@@ -499,18 +501,6 @@ mod tests {
             z.into_scalar::<f64>(),
             named,
         )
-    }
-
-    fn close(what: &str, ours: &[f32], reference: &[f32], tolerance: f64) {
-        assert_eq!(ours.len(), reference.len(), "{what}: lengths");
-        let diff: f64 = ours
-            .iter()
-            .zip(reference)
-            .map(|(a, b)| ((a - b) as f64).powi(2))
-            .sum();
-        let norm: f64 = reference.iter().map(|b| (*b as f64).powi(2)).sum();
-        let rel = (diff / norm.max(1e-30)).sqrt();
-        assert!(rel <= tolerance, "{what}: relative error {rel}");
     }
 
     /// Recomputed segments and a chunked loss head give the plain path's loss, router losses

@@ -1,12 +1,11 @@
 //! A response cache in front of any [`ChatModel`], so that an interrupted run resumes without
 //! paying twice for the completions it already had.
 //!
-//! One JSON line per completion, appended and flushed as soon as it arrives; a torn last line
-//! (a crash mid-write) is ignored on load. Keys hash the model name and the whole request.
+//! One JSON line per completion, appended and flushed as soon as it arrives
+//! ([`super::output::open_log`]). Keys hash the model name and the whole request.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::llm::{ChatModel, ChatRequest, Completion, LlmError};
+use super::output::{append_log, open_log};
 use crate::error::DataError;
 
 #[derive(Serialize, Deserialize)]
@@ -43,28 +43,11 @@ pub fn cache_key(model: &str, request: &ChatRequest) -> String {
 impl CachedModel {
     /// Opens (or creates) the cache at `path`.
     pub fn open(inner: Arc<dyn ChatModel>, path: &Path) -> Result<Self, DataError> {
-        let io = |error| DataError::Io {
+        let (entries, file) = open_log::<Entry>(path).map_err(|error| DataError::Io {
             path: path.to_path_buf(),
             error,
-        };
-        let mut map = HashMap::new();
-        if path.exists() {
-            // A line that does not parse (even as UTF-8) can only be the torn tail of a crash.
-            for line in std::fs::read(path).map_err(io)?.split(|&b| b == b'\n') {
-                if let Ok(entry) = serde_json::from_slice::<Entry>(line) {
-                    map.insert(entry.key, entry.completion);
-                }
-            }
-        }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(io)?;
-        // Start on a fresh line whatever a crash left behind.
-        if file.metadata().map_err(io)?.len() > 0 {
-            file.write_all(b"\n").map_err(io)?;
-        }
+        })?;
+        let map = entries.into_iter().map(|e| (e.key, e.completion)).collect();
         Ok(CachedModel {
             inner,
             path: path.to_path_buf(),
@@ -91,14 +74,13 @@ impl ChatModel for CachedModel {
             return Ok(c.clone());
         }
         let completion = self.inner.complete(request)?;
-        let line = serde_json::to_string(&Entry {
+        let entry = Entry {
             key: key.clone(),
             completion: completion.clone(),
-        })
-        .expect("a completion serialises");
+        };
         let mut guard = self.lock();
         let (map, file) = &mut *guard;
-        if let Err(e) = writeln!(file, "{line}").and_then(|()| file.flush()) {
+        if let Err(e) = append_log(file, &entry) {
             // Losing the cache costs money on a re-run, not correctness: say so and go on.
             eprintln!(
                 "warning: {}: cannot append to the response cache: {e}",

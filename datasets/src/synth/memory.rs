@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::output::{read_jsonl, write_jsonl};
 use super::parse::{extract_json, normalize_answer};
-use super::runner::{check_settings, run_items, Outcome, Reject};
+use super::runner::{Outcome, Reject};
 use super::{Report, Synth, SynthError};
 use crate::schema::Content;
 
@@ -215,17 +215,16 @@ pub fn run(
             ));
         }
     }
-    synth.check_prompts(&[("fas-memory", &["source", "document"])])?;
-    let settings = synth.settings(
+    let settings = json!({
+        "inputs": super::input_fingerprints(inputs)?,
+        "max_doc_bytes": max_doc_bytes,
+    });
+    let run = synth.run(
         "memory",
-        json!({"inputs": super::input_fingerprints(inputs)?, "max_doc_bytes": max_doc_bytes, "prompts": synth.prompt_versions(&["fas-memory"])}),
-    );
-    let journal = check_settings(out, &settings)?;
-    let (outcomes, counts) = run_items(
+        &[("fas-memory", &["source", "document"])],
+        settings,
+        out,
         &items,
-        &journal,
-        synth.options.concurrency,
-        &*synth.progress,
         &|id, doc: &Document| {
             if doc.text.trim().is_empty() {
                 return Ok(Outcome::reject(
@@ -247,25 +246,25 @@ pub fn run(
                     .collect(),
                 rejects: vec![],
             },
-            Err(r) => Outcome { kept: vec![], rejects: vec![r] },
+            Err(r) => r.into(),
         })
         },
     )?;
-    let memory = merge(outcomes.iter().flat_map(|o| o.kept.iter()));
+    let (kept, counts) = run.kept();
+    let memory = merge(kept.iter());
     let path = out.join("memory.jsonl");
     write_jsonl(&path, &memory)?;
     let statements: usize = memory
         .iter()
         .map(|e| e["statements"].as_array().map_or(0, Vec::len))
         .sum();
-    let report = Report {
-        command: "memory".into(),
-        counts,
-        outputs: vec![path],
-        details: json!({"documents": docs.len(), "chunks": items.len(), "entities": memory.len(), "statements": statements}),
-    };
-    report.save(out)?;
-    Ok(report)
+    let details = json!({
+        "documents": docs.len(),
+        "chunks": items.len(),
+        "entities": memory.len(),
+        "statements": statements,
+    });
+    Report::save(out, "memory", counts, vec![path], details)
 }
 
 /// Merges per-document entity records into one record per normalised entity name, sorted

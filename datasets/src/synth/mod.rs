@@ -100,7 +100,8 @@ pub struct Synth {
 impl Synth {
     /// Renders prompt `name` with `vars` and asks the model. `role` names the call within the
     /// item (e.g. `plan`, `judge`, `step-3`), so each call has its own reproducible seed.
-    /// A prompt that cannot be filled is a bug in a user-edited prompt file: an error.
+    /// Prompts are checked before the first call ([`Synth::run`]), so filling cannot fail
+    /// here but for a command asking for a prompt it did not declare.
     pub fn ask(
         &self,
         name: &str,
@@ -132,44 +133,85 @@ impl Synth {
         ]) & (i64::MAX as u64)
     }
 
-    /// Checks that each named prompt fills with the given placeholder names, before any
-    /// model call (an edited prompt with a typo fails here, naming its file).
-    pub fn check_prompts(&self, uses: &[(&str, &[&str])]) -> Result<(), SynthError> {
-        for (name, vars) in uses {
+    /// The frame every command runs in. Checks that each of the command's prompts fills with
+    /// its placeholder names (an edited prompt with a typo fails here, naming its file);
+    /// records the settings — command, model, sampling, `settings`, prompt versions — in
+    /// `OUT/run.json`, refusing a resume under other settings; then runs `work` on every
+    /// item not yet journalled. Outcomes come back in input order.
+    pub fn run<T: Sync>(
+        &self,
+        command: &str,
+        prompts: &[(&str, &[&str])],
+        settings: Value,
+        out: &Path,
+        items: &[(String, T)],
+        work: &(dyn Fn(&str, &T) -> Result<Outcome, LlmError> + Sync),
+    ) -> Result<Run, SynthError> {
+        let mut versions = serde_json::Map::new();
+        for (name, vars) in prompts {
+            let prompt = self.prompts.get(name);
             let vars: Vec<(&str, &str)> = vars.iter().map(|v| (*v, "")).collect();
-            self.prompts
-                .get(name)
-                .render(&vars)
-                .map_err(SynthError::Input)?;
+            prompt.render(&vars).map_err(SynthError::Input)?;
+            versions.insert(name.to_string(), Value::from(prompt.version.clone()));
         }
-        Ok(())
-    }
-
-    /// Settings recorded in `run.json` and compared on resume.
-    pub fn settings(&self, command: &str, extra: Value) -> Value {
-        let mut v = serde_json::json!({
+        let prompts = Value::from(versions);
+        let mut recorded = serde_json::json!({
             "command": command,
             "model": self.model.name(),
             "options": self.options,
+            "prompts": prompts,
         });
-        for (k, x) in extra.as_object().into_iter().flatten() {
-            v[k] = x.clone();
+        for (k, v) in settings.as_object().into_iter().flatten() {
+            recorded[k] = v.clone();
         }
-        v
+        let journal = runner::check_settings(out, &recorded)?;
+        let (outcomes, counts) = runner::run_items(
+            items,
+            &journal,
+            self.options.concurrency,
+            &*self.progress,
+            work,
+        )?;
+        Ok(Run {
+            outcomes,
+            counts,
+            prompts,
+        })
+    }
+}
+
+/// What [`Synth::run`] returns.
+pub struct Run {
+    pub outcomes: Vec<Outcome>,
+    pub counts: Counts,
+    /// Name → `NAME@vN+SHA` of the prompts the command used.
+    pub prompts: Value,
+}
+
+impl Run {
+    /// Every kept record, in input order.
+    pub fn kept(self) -> (Vec<Value>, Counts) {
+        let kept = self.outcomes.into_iter().flat_map(|o| o.kept).collect();
+        (kept, self.counts)
     }
 
-    /// Provenance of the prompts a command used.
-    pub fn prompt_versions(&self, names: &[&str]) -> Value {
-        names
-            .iter()
-            .map(|n| {
-                (
-                    n.to_string(),
-                    Value::from(self.prompts.get(n).version.clone()),
-                )
-            })
-            .collect::<serde_json::Map<_, _>>()
-            .into()
+    /// Every kept sample record, in input order, its `meta` completed with what all the
+    /// run's samples share: generator, model, seed and prompt versions (the journal keeps
+    /// only what is particular to each item; `run.json` holds the rest).
+    pub fn samples(self, synth: &Synth, command: &str) -> (Vec<Value>, Counts) {
+        let shared = serde_json::json!({
+            "generator": format!("synth {command}"),
+            "model": synth.model.name(),
+            "seed": synth.options.seed,
+            "prompts": self.prompts,
+        });
+        let (mut kept, counts) = self.kept();
+        for record in &mut kept {
+            for (k, v) in shared.as_object().into_iter().flatten() {
+                record["meta"][k] = v.clone();
+            }
+        }
+        (kept, counts)
     }
 }
 
@@ -203,10 +245,38 @@ pub struct Report {
 }
 
 impl Report {
-    /// Writes `OUT/report.json`.
-    pub fn save(&self, out: &Path) -> Result<(), SynthError> {
-        let text = serde_json::to_string_pretty(self).expect("reports serialise");
-        output::write_atomic(&out.join("report.json"), text.as_bytes())
+    /// The report of `command`, written to `OUT/report.json`.
+    pub fn save(
+        out: &Path,
+        command: &str,
+        counts: Counts,
+        outputs: Vec<PathBuf>,
+        details: Value,
+    ) -> Result<Report, SynthError> {
+        let report = Report {
+            command: command.to_string(),
+            counts,
+            outputs,
+            details,
+        };
+        let text = serde_json::to_string_pretty(&report).expect("reports serialise");
+        output::write_atomic(&out.join("report.json"), text.as_bytes())?;
+        Ok(report)
+    }
+
+    /// Writes the sample records `kept` as `OUT/PREFIX-*.parquet`, then the report, with the
+    /// number of samples among the details.
+    pub fn save_samples(
+        out: &Path,
+        command: &str,
+        prefix: &str,
+        kept: &[Value],
+        counts: Counts,
+        mut details: Value,
+    ) -> Result<Report, SynthError> {
+        let outputs = output::write_shards(out, prefix, &output::samples_from(kept))?;
+        details["samples"] = kept.len().into();
+        Report::save(out, command, counts, outputs, details)
     }
 }
 

@@ -1,9 +1,12 @@
 //! Writing a synth command's results: files appear whole (written aside, then renamed) so a
 //! crash never leaves a shard that looks complete.
 
+use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 
 use super::SynthError;
@@ -11,6 +14,32 @@ use crate::schema::{Sample, ShardWriter, WriterOptions};
 
 /// Rows per Parquet shard.
 const ROWS_PER_SHARD: usize = 50_000;
+
+/// Opens an append-only JSON-lines log (the journal, the response cache): the records it
+/// holds, and the file, positioned on a fresh line. A line that does not parse, even as
+/// UTF-8, can only be the torn tail of a crash and is skipped.
+pub fn open_log<T: DeserializeOwned>(path: &Path) -> std::io::Result<(Vec<T>, File)> {
+    let records = match std::fs::read(path) {
+        Ok(bytes) => bytes
+            .split(|&b| b == b'\n')
+            .filter_map(|line| serde_json::from_slice(line).ok())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+    if file.metadata()?.len() > 0 {
+        file.write_all(b"\n")?;
+    }
+    Ok((records, file))
+}
+
+/// Appends one record to a log opened by [`open_log`] and flushes it.
+pub fn append_log(file: &mut File, record: &impl Serialize) -> std::io::Result<()> {
+    let line = serde_json::to_string(record).map_err(std::io::Error::other)?;
+    writeln!(file, "{line}")?;
+    file.flush()
+}
 
 /// Writes `bytes` to `path` through a temporary file in the same directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SynthError> {

@@ -6,10 +6,10 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::output::{sample_record, samples_from, write_shards};
+use super::output::sample_record;
 use super::parse::{extract_json, parse_step, Action};
-use super::questions::{read_questions, statement_lines};
-use super::runner::{check_settings, run_items, Outcome, Reject};
+use super::questions::{question_meta, read_questions, statement_lines};
+use super::runner::Outcome;
 use super::{chatml, Report, Synth, SynthError};
 
 /// The tools planning actions may call: the Tongyi DeepResearch set (schemas as its agent
@@ -45,27 +45,24 @@ pub fn run(
         .get("agent-system")
         .text(&[("tools", &TOOLS.join("\n")), ("date", date)])
         .map_err(SynthError::Input)?;
-    let versions = synth.prompt_versions(&["agent-system", "fas-plan", "fas-plan-judge"]);
-    synth.check_prompts(&[
-        ("agent-system", &["tools", "date"]),
-        ("fas-plan", &["system", "question"]),
-        (
-            "fas-plan-judge",
-            &["question", "answer", "statements", "plan"],
-        ),
-    ])?;
-    let settings = synth.settings(
-        "plan",
-        json!({"questions": super::input_fingerprints(&[questions_path.to_path_buf()])?, "date": date, "prompts": versions}),
-    );
-    let journal = check_settings(out, &settings)?;
     let tools = tool_names();
-    let model = synth.model.name();
-    let (outcomes, counts) = run_items(
+    let settings = json!({
+        "questions": super::input_fingerprints(&[questions_path.to_path_buf()])?,
+        "date": date,
+    });
+    let run = synth.run(
+        "plan",
+        &[
+            ("agent-system", &["tools", "date"]),
+            ("fas-plan", &["system", "question"]),
+            (
+                "fas-plan-judge",
+                &["question", "answer", "statements", "plan"],
+            ),
+        ],
+        settings,
+        out,
         &questions,
-        &journal,
-        synth.options.concurrency,
-        &*synth.progress,
         &|id, q: &Value| {
             let question = q["question"].as_str().unwrap_or_default();
             let plan = synth.ask(
@@ -115,37 +112,26 @@ pub fn run(
                 ("user", question),
                 ("assistant", &assistant),
             ]);
-            let meta = json!({
-                "generator": "synth plan",
-                "model": model,
-                "seed": synth.options.seed,
-                "prompts": versions,
-                "question_id": id,
-                "style": q["style"],
-                "statements": q["statements"].as_array().into_iter().flatten().map(|s| s["id"].clone()).collect::<Vec<_>>(),
-                "action": action_kind,
-                "judge": {"verdict": "accept", "reason": reason},
-            });
-            Ok(Outcome {
-                kept: vec![sample_record(
-                    &format!("plan-{id}"),
-                    "fas_planning",
-                    "synth-fas",
-                    &text,
-                    meta,
-                )],
-                rejects: Vec::<Reject>::new(),
-            })
+            let mut meta = question_meta(id, q);
+            meta["action"] = action_kind.into();
+            meta["judge"] = json!({"verdict": "accept", "reason": reason});
+            Ok(Outcome::keep(sample_record(
+                &format!("plan-{id}"),
+                "fas_planning",
+                "synth-fas",
+                &text,
+                meta,
+            )))
         },
     )?;
-    let records: Vec<Value> = outcomes.into_iter().flat_map(|o| o.kept).collect();
-    let outputs = write_shards(out, "fas_planning", &samples_from(&records))?;
-    let report = Report {
-        command: "plan".into(),
+    let n = questions.len();
+    let (kept, counts) = run.samples(synth, "plan");
+    Report::save_samples(
+        out,
+        "plan",
+        "fas_planning",
+        &kept,
         counts,
-        outputs,
-        details: json!({"questions": questions.len(), "samples": records.len()}),
-    };
-    report.save(out)?;
-    Ok(report)
+        json!({"questions": n}),
+    )
 }

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::output::{read_jsonl, write_jsonl};
 use super::parse::extract_json;
-use super::runner::{check_settings, run_items, Outcome, Reject};
+use super::runner::{Outcome, Reject};
 use super::{Report, Synth, SynthError};
 use crate::rng::{fnv1a, mix_seed, Rng};
 
@@ -200,18 +200,18 @@ pub fn run(
     }
     let memory = read_memory(memory_path)?;
     let items = clusters(&memory, cluster_size.max(1), synth.options.seed);
-    synth.check_prompts(&[("fas-questions", &["entities", "statements", "styles"])])?;
-    let settings = synth.settings(
-        "questions",
-        json!({"memory": super::input_fingerprints(&[memory_path.to_path_buf()])?, "cluster_size": cluster_size, "styles": styles, "prompts": synth.prompt_versions(&["fas-questions"])}),
-    );
-    let journal = check_settings(out, &settings)?;
+    let settings = json!({
+        "memory": super::input_fingerprints(&[memory_path.to_path_buf()])?,
+        "cluster_size": cluster_size,
+        "styles": styles,
+    });
     let styles_text = styles.join(", ");
-    let (outcomes, counts) = run_items(
+    let run = synth.run(
+        "questions",
+        &[("fas-questions", &["entities", "statements", "styles"])],
+        settings,
+        out,
         &items,
-        &journal,
-        synth.options.concurrency,
-        &*synth.progress,
         &|id, cluster: &Cluster| {
             let names: Vec<&str> = cluster
                 .entities
@@ -237,7 +237,7 @@ pub fn run(
             Ok(parse_questions(&output, id, cluster, styles))
         },
     )?;
-    let questions: Vec<Value> = outcomes.into_iter().flat_map(|o| o.kept).collect();
+    let (questions, counts) = run.kept();
     let mut by_style: BTreeMap<String, usize> = BTreeMap::new();
     for q in &questions {
         *by_style
@@ -246,14 +246,23 @@ pub fn run(
     }
     let path = out.join("questions.jsonl");
     write_jsonl(&path, &questions)?;
-    let report = Report {
-        command: "questions".into(),
-        counts,
-        outputs: vec![path],
-        details: json!({"clusters": items.len(), "questions": questions.len(), "by_style": by_style}),
-    };
-    report.save(out)?;
-    Ok(report)
+    let details = json!({
+        "clusters": items.len(),
+        "questions": questions.len(),
+        "by_style": by_style,
+    });
+    Report::save(out, "questions", counts, vec![path], details)
+}
+
+/// What a sample made from question `q` records of it: its id, style and statement ids.
+pub fn question_meta(id: &str, q: &Value) -> Value {
+    let statements: Vec<&Value> = q["statements"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| &s["id"])
+        .collect();
+    json!({"question_id": id, "style": q["style"], "statements": statements})
 }
 
 /// Reads `questions.jsonl` as written by `synth questions`.

@@ -8,10 +8,10 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::output::{sample_record, samples_from, write_shards};
+use super::output::sample_record;
 use super::parse::{answers_match, parse_step, Action};
-use super::questions::{read_questions, statement_lines};
-use super::runner::{check_settings, run_items, Outcome};
+use super::questions::{question_meta, read_questions, statement_lines};
+use super::runner::Outcome;
 use super::{chatml, Report, Synth, SynthError};
 
 /// Runs `synth reason`: writes `OUT/fas_reasoning-*.parquet` and `OUT/report.json`.
@@ -23,22 +23,19 @@ pub fn run(
     reasoning_chars: RangeInclusive<usize>,
 ) -> Result<Report, SynthError> {
     let questions = read_questions(questions_path)?;
-    let versions = synth.prompt_versions(&["fas-reason-internal", "fas-reason-refine"]);
-    synth.check_prompts(&[
-        ("fas-reason-internal", &["question"]),
-        ("fas-reason-refine", &["question", "attempt", "statements"]),
-    ])?;
-    let settings = synth.settings(
+    let settings = json!({
+        "questions": super::input_fingerprints(&[questions_path.to_path_buf()])?,
+        "reasoning_chars": [reasoning_chars.start(), reasoning_chars.end()],
+    });
+    let run = synth.run(
         "reason",
-        json!({"questions": super::input_fingerprints(&[questions_path.to_path_buf()])?, "reasoning_chars": [reasoning_chars.start(), reasoning_chars.end()], "prompts": versions}),
-    );
-    let journal = check_settings(out, &settings)?;
-    let model = synth.model.name();
-    let (outcomes, counts) = run_items(
+        &[
+            ("fas-reason-internal", &["question"]),
+            ("fas-reason-refine", &["question", "attempt", "statements"]),
+        ],
+        settings,
+        out,
         &questions,
-        &journal,
-        synth.options.concurrency,
-        &*synth.progress,
         &|id, q: &Value| {
             let question = q["question"].as_str().unwrap_or_default();
             let reference = q["answer"].as_str().unwrap_or_default();
@@ -103,37 +100,20 @@ pub fn run(
                 step.thought
             );
             let text = chatml(&[("user", question), ("assistant", &assistant)]);
-            let meta = json!({
-                "generator": "synth reason",
-                "model": model,
-                "seed": synth.options.seed,
-                "prompts": versions,
-                "question_id": id,
-                "style": q["style"],
-                "statements": q["statements"].as_array().into_iter().flatten().map(|s| s["id"].clone()).collect::<Vec<_>>(),
-                "reference_answer": reference,
-                "internal_answer_correct": answers_match(first_answer, reference),
-            });
-            Ok(Outcome {
-                kept: vec![sample_record(
-                    &format!("reason-{id}"),
-                    "fas_reasoning",
-                    "synth-fas",
-                    &text,
-                    meta,
-                )],
-                rejects: vec![],
-            })
+            let mut meta = question_meta(id, q);
+            meta["reference_answer"] = reference.into();
+            meta["internal_answer_correct"] = answers_match(first_answer, reference).into();
+            Ok(Outcome::keep(sample_record(
+                &format!("reason-{id}"),
+                "fas_reasoning",
+                "synth-fas",
+                &text,
+                meta,
+            )))
         },
     )?;
-    let records: Vec<Value> = outcomes.into_iter().flat_map(|o| o.kept).collect();
-    let outputs = write_shards(out, "fas_reasoning", &samples_from(&records))?;
-    let report = Report {
-        command: "reason".into(),
-        counts,
-        outputs,
-        details: json!({"questions": questions.len(), "samples": records.len()}),
-    };
-    report.save(out)?;
-    Ok(report)
+    let n = questions.len();
+    let (kept, counts) = run.samples(synth, "reason");
+    let details = json!({"questions": n});
+    Report::save_samples(out, "reason", "fas_reasoning", &kept, counts, details)
 }

@@ -7,8 +7,7 @@
 //! journal is appended and flushed per item; a torn last line is dropped on load.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -17,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::llm::LlmError;
+use super::output::{append_log, open_log};
 use super::SynthError;
 
 /// One rejected record or item, with a counted reason (`malformed_json`, `judge_rejected`…).
@@ -44,10 +44,25 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// One kept record.
+    pub fn keep(record: Value) -> Self {
+        Outcome {
+            kept: vec![record],
+            rejects: vec![],
+        }
+    }
+
     pub fn reject(reason: &str, detail: impl Into<String>) -> Self {
+        Reject::new(reason, detail).into()
+    }
+}
+
+/// An item rejected as a whole.
+impl From<Reject> for Outcome {
+    fn from(reject: Reject) -> Self {
         Outcome {
             kept: vec![],
-            rejects: vec![Reject::new(reason, detail)],
+            rejects: vec![reject],
         }
     }
 }
@@ -63,7 +78,9 @@ fn is_refusal(o: &Outcome) -> bool {
 }
 
 /// What the workers share.
-struct State {
+struct State<'a> {
+    journal_path: &'a Path,
+    progress: &'a (dyn Fn(&Counts) + Sync),
     done: HashMap<String, Outcome>,
     file: File,
     counts: Counts,
@@ -76,14 +93,8 @@ struct State {
     trusted: bool,
 }
 
-impl State {
-    fn finish(
-        &mut self,
-        id: &str,
-        outcome: Outcome,
-        journal_path: &Path,
-        progress: &(dyn Fn(&Counts) + Sync),
-    ) -> Result<(), SynthError> {
+impl State<'_> {
+    fn finish(&mut self, id: &str, outcome: Outcome) -> Result<(), SynthError> {
         if is_refusal(&outcome) && !self.trusted {
             self.held.push((id.to_string(), outcome));
             if self.held.len() >= REFUSALS_BEFORE_STOP {
@@ -98,30 +109,26 @@ impl State {
         if !is_refusal(&outcome) {
             self.trusted = true;
         }
-        for (held_id, held) in std::mem::take(&mut self.held) {
-            self.journal(&held_id, held, journal_path, progress)?;
-        }
-        self.journal(id, outcome, journal_path, progress)
+        self.flush_held()?;
+        self.journal(id, outcome)
     }
 
-    fn journal(
-        &mut self,
-        id: &str,
-        outcome: Outcome,
-        journal_path: &Path,
-        progress: &(dyn Fn(&Counts) + Sync),
-    ) -> Result<(), SynthError> {
-        let line = serde_json::to_string(&Line {
+    fn flush_held(&mut self) -> Result<(), SynthError> {
+        for (id, outcome) in std::mem::take(&mut self.held) {
+            self.journal(&id, outcome)?;
+        }
+        Ok(())
+    }
+
+    fn journal(&mut self, id: &str, outcome: Outcome) -> Result<(), SynthError> {
+        let line = Line {
             item: id.to_string(),
-            outcome: outcome.clone(),
-        })
-        .expect("outcomes serialise");
-        writeln!(self.file, "{line}")
-            .and_then(|()| self.file.flush())
-            .map_err(|e| SynthError::io(journal_path, e))?;
-        self.counts.add(&outcome);
-        self.done.insert(id.to_string(), outcome);
-        progress(&self.counts);
+            outcome,
+        };
+        append_log(&mut self.file, &line).map_err(|e| SynthError::io(self.journal_path, e))?;
+        self.counts.add(&line.outcome);
+        self.done.insert(line.item, line.outcome);
+        (self.progress)(&self.counts);
         Ok(())
     }
 }
@@ -182,8 +189,13 @@ pub fn run_items<T: Sync>(
             )));
         }
     }
-    let (mut done, file) = open_journal(journal_path)?;
-    done.retain(|id, _| seen.contains(id.as_str()));
+    let (lines, file) =
+        open_log::<Line>(journal_path).map_err(|e| SynthError::io(journal_path, e))?;
+    let done: HashMap<String, Outcome> = lines
+        .into_iter()
+        .filter(|l| seen.contains(l.item.as_str()))
+        .map(|l| (l.item, l.outcome))
+        .collect();
     let mut counts = Counts {
         items: items.len(),
         ..Counts::default()
@@ -198,6 +210,8 @@ pub fn run_items<T: Sync>(
         .collect();
     let trusted = done.values().any(|o| !is_refusal(o));
     let state = Mutex::new(State {
+        journal_path,
+        progress,
         done,
         file,
         counts,
@@ -226,7 +240,7 @@ pub fn run_items<T: Sync>(
                 };
                 let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
                 let failure = match result {
-                    Ok(outcome) => state.finish(id, outcome, journal_path, progress).err(),
+                    Ok(outcome) => state.finish(id, outcome).err(),
                     Err(e) => Some(SynthError::Llm {
                         item: id.clone(),
                         error: e,
@@ -246,9 +260,7 @@ pub fn run_items<T: Sync>(
         return Err(e);
     }
     // A short run refused throughout: few enough items to take the refusals as final.
-    for (id, outcome) in std::mem::take(&mut state.held) {
-        state.journal(&id, outcome, journal_path, progress)?;
-    }
+    state.flush_held()?;
     let State {
         mut done, counts, ..
     } = state;
@@ -257,28 +269,6 @@ pub fn run_items<T: Sync>(
         .map(|(id, _)| done.remove(id).expect("every item ran"))
         .collect();
     Ok((outcomes, counts))
-}
-
-fn open_journal(path: &Path) -> Result<(HashMap<String, Outcome>, File), SynthError> {
-    let mut done = HashMap::new();
-    if path.exists() {
-        let bytes = std::fs::read(path).map_err(|e| SynthError::io(path, e))?;
-        // Only a crash mid-append leaves a line that does not parse (even as UTF-8).
-        for line in bytes.split(|&b| b == b'\n') {
-            if let Ok(l) = serde_json::from_slice::<Line>(line) {
-                done.insert(l.item, l.outcome);
-            }
-        }
-    }
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| SynthError::io(path, e))?;
-    if file.metadata().map_err(|e| SynthError::io(path, e))?.len() > 0 {
-        file.write_all(b"\n").map_err(|e| SynthError::io(path, e))?;
-    }
-    Ok((done, file))
 }
 
 /// Records the settings of a run in `OUT/run.json`; a re-run into the same directory with
@@ -356,8 +346,11 @@ mod tests {
         );
         assert_eq!(calls.load(Ordering::SeqCst), 14);
         // Simulate a torn line from a crash.
-        let mut f = OpenOptions::new().append(true).open(&journal).unwrap();
-        f.write_all(b"{\"item\": \"item-1\xe2\x82").unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&journal)
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"{\"item\": \"item-1\xe2\x82").unwrap();
         drop(f);
         let (outcomes, counts) = run_items(&items, &journal, 4, &|_| {}, &|id, &i| {
             assert!(i >= 13, "{id} was journalled");

@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 
 use super::output::{read_jsonl, sample_record, samples_from, write_shards};
 use super::parse::{answers_match, extract_json, parse_step, Action, Step};
-use super::runner::{check_settings, run_items, Outcome, Reject};
+use super::runner::{Outcome, Reject};
 use super::{chatml, Report, Synth, SynthError};
 use crate::rng::{fnv1a, mix_seed, Rng};
 use crate::tokenizer::Encoder;
@@ -338,12 +338,7 @@ fn synthesize(
 ) -> Result<Outcome, super::LlmError> {
     let parsed = match parse_trajectory(t) {
         Ok(p) => p,
-        Err(r) => {
-            return Ok(Outcome {
-                kept: vec![],
-                rejects: vec![r],
-            })
-        }
+        Err(r) => return Ok(r.into()),
     };
     let Some((
         Step {
@@ -434,10 +429,7 @@ fn synthesize(
             Ok(a) => a,
             Err(mut r) => {
                 r.detail = format!("step {}: {}", k + 1, r.detail);
-                return Ok(Outcome {
-                    kept: vec![],
-                    rejects: vec![r],
-                });
+                return Ok(r.into());
             }
         };
         // The original goes last, then a seeded shuffle decides where it lands.
@@ -478,10 +470,6 @@ fn synthesize(
         .map(|(r, c)| (r.as_str(), c.as_str()))
         .collect();
     let meta = json!({
-        "generator": "synth has",
-        "model": synth.model.name(),
-        "seed": synth.options.seed,
-        "prompts": synth.prompt_versions(&["has-alternatives", "answer-judge"]),
         "trajectory_id": id,
         "trajectory": t.source,
         "steps": parsed.steps.len(),
@@ -491,16 +479,13 @@ fn synthesize(
         "judgement_source": judgement_source,
         "reference_answers": t.references,
     });
-    Ok(Outcome {
-        kept: vec![sample_record(
-            &format!("has-{id}"),
-            "has",
-            "synth-has",
-            &chatml(&refs),
-            meta,
-        )],
-        rejects: vec![],
-    })
+    Ok(Outcome::keep(sample_record(
+        &format!("has-{id}"),
+        "has",
+        "synth-has",
+        &chatml(&refs),
+        meta,
+    )))
 }
 
 /// The original assistant turn of step `k`, verbatim, for the next step's context.
@@ -526,25 +511,26 @@ pub fn run(
         )));
     }
     let trajectories = read_trajectories(inputs)?;
-    synth.check_prompts(&[
-        ("has-alternatives", &["context", "n", "kind", "format"]),
-        ("answer-judge", &["question", "reference", "answer"]),
-    ])?;
-    let settings = synth.settings(
+    let settings = json!({
+        "inputs": super::input_fingerprints(inputs)?,
+        "alternatives": [options.alternatives.start(), options.alternatives.end()],
+        "llm_judge": options.llm_judge,
+    });
+    let run = synth.run(
         "has",
-        json!({"inputs": super::input_fingerprints(inputs)?, "alternatives": [options.alternatives.start(), options.alternatives.end()], "llm_judge": options.llm_judge, "prompts": synth.prompt_versions(&["has-alternatives", "answer-judge"])}),
-    );
-    let journal = check_settings(out, &settings)?;
-    let (outcomes, counts) = run_items(
+        &[
+            ("has-alternatives", &["context", "n", "kind", "format"]),
+            ("answer-judge", &["question", "reference", "answer"]),
+        ],
+        settings,
+        out,
         &trajectories,
-        &journal,
-        synth.options.concurrency,
-        &*synth.progress,
         &|id, t| synthesize(synth, options, id, t),
     )?;
+    let (kept, counts) = run.samples(synth, "has");
     let (mut stage1, mut stage2) = (Vec::new(), Vec::new());
     let mut judgements = std::collections::BTreeMap::<String, usize>::new();
-    for mut record in outcomes.into_iter().flat_map(|o| o.kept) {
+    for mut record in kept {
         let text = record["text"].as_str().unwrap_or_default();
         let tokens = encoder.encode(text).map_err(SynthError::Data)?.len();
         record["meta"]["tokens"] = tokens.into();
@@ -561,20 +547,14 @@ pub fn run(
     }
     let mut outputs = write_shards(out, "has-stage1", &samples_from(&stage1))?;
     outputs.extend(write_shards(out, "has-stage2", &samples_from(&stage2))?);
-    let report = Report {
-        command: "has".into(),
-        counts,
-        outputs,
-        details: json!({
-            "trajectories": trajectories.len(),
-            "stage1_samples": stage1.len(),
-            "stage2_samples": stage2.len(),
-            "stage1_max_tokens": options.stage1_max_tokens,
-            "judgements": judgements,
-        }),
-    };
-    report.save(out)?;
-    Ok(report)
+    let details = json!({
+        "trajectories": trajectories.len(),
+        "stage1_samples": stage1.len(),
+        "stage2_samples": stage2.len(),
+        "stage1_max_tokens": options.stage1_max_tokens,
+        "judgements": judgements,
+    });
+    Report::save(out, "has", counts, outputs, details)
 }
 
 #[cfg(test)]

@@ -155,6 +155,7 @@ fn main() {
         loss = step(&mut model);
     }
     let secs = start.elapsed().as_secs_f64() / steps as f64;
+    let peak_rss = peak_rss_bytes();
     println!(
         "{}",
         json!({
@@ -172,9 +173,9 @@ fn main() {
             "tflops": seq as f64 * flops_per_token / secs / 1e12,
             "mfu": peak.map(|p| seq as f64 * flops_per_token / secs / 1e12 / p),
             "flops_convention": FLOPS_CONVENTION,
-            "peak_rss_bytes": peak_rss_bytes(),
+            "peak_rss_bytes": peak_rss,
             "predicted_peak_bytes": predicted,
-            "predicted_over_measured": peak_rss_bytes().map(|m| predicted as f64 / m as f64),
+            "predicted_over_measured": peak_rss.map(|m| predicted as f64 / m as f64),
             "loss": loss,
         })
     );

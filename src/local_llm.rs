@@ -41,7 +41,7 @@ impl ChatTokenizer {
     fn encode(&self, text: &str) -> Result<Vec<i64>> {
         let ids = match self {
             ChatTokenizer::Hf(t) => t.encode(text)?,
-            ChatTokenizer::Bytes => text.bytes().map(u32::from).collect(),
+            ChatTokenizer::Bytes => agentcpt_datasets::ByteEncoder.encode(text)?,
         };
         Ok(ids.into_iter().map(i64::from).collect())
     }

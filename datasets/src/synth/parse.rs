@@ -62,11 +62,7 @@ pub fn parse_step(text: &str, tools: Option<&[String]>) -> Result<Step, StepErro
     let answers = after.matches("<answer>").count();
     let action = match (calls, answers) {
         (1, 0) => {
-            let start = after.find("<tool_call>").expect("counted");
-            let end = after[start..]
-                .find("</tool_call>")
-                .ok_or(("no_action", "<tool_call> is not closed".to_string()))?;
-            let raw = &after[start..start + end + "</tool_call>".len()];
+            let raw = block(after, "tool_call")?;
             let name = tool_call_name(between(raw, "tool_call").unwrap_or_default())?;
             if let Some(tools) = tools {
                 if !tools.contains(&name) {
@@ -79,11 +75,7 @@ pub fn parse_step(text: &str, tools: Option<&[String]>) -> Result<Step, StepErro
             }
         }
         (0, 1) => {
-            let start = after.find("<answer>").expect("counted");
-            let end = after[start..]
-                .find("</answer>")
-                .ok_or(("no_action", "<answer> is not closed".to_string()))?;
-            let raw = &after[start..start + end + "</answer>".len()];
+            let raw = block(after, "answer")?;
             let answer = between(raw, "answer").unwrap_or_default();
             if answer.is_empty() {
                 return Err(("empty_answer", "<answer></answer> is empty".into()));
@@ -110,6 +102,18 @@ pub fn parse_step(text: &str, tools: Option<&[String]>) -> Result<Step, StepErro
         thought: thought.to_string(),
         action,
     })
+}
+
+/// The first `<tag>…</tag>` block of `text`, tags included.
+fn block<'a>(text: &'a str, tag: &str) -> Result<&'a str, StepError> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let start = text
+        .find(&open)
+        .ok_or(("no_action", format!("no {open}")))?;
+    let end = text[start..]
+        .find(&close)
+        .ok_or(("no_action", format!("{open} is not closed")))?;
+    Ok(&text[start..start + end + close.len()])
 }
 
 /// The tool name of a `<tool_call>` body: a JSON object with a string `name` and object

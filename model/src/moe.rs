@@ -27,6 +27,8 @@ pub struct RouterStats {
     pub probs: Tensor<2>,
     /// Tokens sent to each expert `[E]` (each token counts once per chosen expert).
     pub counts: Tensor<1, Int>,
+    /// The same counts on the host: the forward reads them anyway to slice the groups.
+    pub host_counts: Vec<i64>,
 }
 
 impl SparseMoe {
@@ -100,6 +102,7 @@ impl SparseMoe {
                 logits,
                 probs,
                 counts,
+                host_counts,
             },
         )
     }
@@ -156,6 +159,7 @@ mod tests {
             RouterStats {
                 probs: softmax(logits.clone(), 1),
                 counts: Tensor::zeros([3], &device),
+                host_counts: vec![0; 3],
                 logits,
             }
         };

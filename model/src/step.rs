@@ -386,29 +386,24 @@ impl Qwen3 {
 }
 
 impl Routing {
-    /// Reads one layer's routing back to the host (it is small: `[E]` and two scalars).
+    /// One layer's routing on the host: the counts the forward already read, and the
+    /// probability sums `[E]` and squared log-sum-exp sum read together (one sync).
     fn of(stats: &RouterStats) -> Self {
-        let to_f64 = |t: Tensor<1>| -> Vec<f64> {
-            t.detach()
-                .into_data()
-                .convert::<f64>()
-                .try_into_vec::<f64>()
-                .expect("f64")
-        };
         let [rows, experts] = stats.probs.dims();
         let z = log_sum_exp(stats.logits.clone().detach())
             .powi_scalar(2)
             .sum();
+        let prob_sums = stats.probs.clone().detach().sum_dim(0).reshape([experts]);
+        let mut read: Vec<f64> = Tensor::cat(vec![prob_sums, z], 0)
+            .into_data()
+            .convert::<f64>()
+            .try_into_vec::<f64>()
+            .expect("f64");
+        let z_sum = read.pop().expect("the z sum is last");
         Self {
-            counts: stats
-                .counts
-                .clone()
-                .into_data()
-                .convert::<i64>()
-                .try_into_vec::<i64>()
-                .expect("i64 counts"),
-            prob_sums: to_f64(stats.probs.clone().sum_dim(0).reshape([experts])),
-            z_sum: to_f64(z)[0],
+            counts: stats.host_counts.clone(),
+            prob_sums: read,
+            z_sum,
             rows,
         }
     }

@@ -15,7 +15,9 @@
 //! activation. Prints one JSON line; `mfu` is null unless the peak is given or the GPU is
 //! recognised.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use agentcpt::device::{default_dtype, known_peak_tflops, parse_dtype, select, DeviceSpec};
@@ -28,6 +30,62 @@ use agentcpt_model::info::{
 use agentcpt_model::step::StepOptions;
 use agentcpt_model::{Qwen3, Qwen3Config, SequenceLayout};
 use serde_json::json;
+
+/// The system allocator, counting live heap bytes and their high-water mark, so that the
+/// bench can give the peak of each phase of a step (flex keeps tensors on the heap; peak RSS
+/// only gives the whole process's).
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static HIGH: AtomicUsize = AtomicUsize::new(0);
+
+fn grew(by: usize) {
+    let live = LIVE.fetch_add(by, Ordering::Relaxed) + by;
+    HIGH.fetch_max(live, Ordering::Relaxed);
+}
+
+// SAFETY: every call is forwarded to the system allocator unchanged; only counters change.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            grew(layout.size());
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            grew(layout.size());
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(p, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, p: *mut u8, layout: Layout, size: usize) -> *mut u8 {
+        let q = unsafe { System.realloc(p, layout, size) };
+        if !q.is_null() {
+            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+            grew(size);
+        }
+        q
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Runs `f` and returns its result with the heap's high-water mark while it ran.
+fn heap_peak<T>(f: impl FnOnce() -> T) -> (T, u64) {
+    HIGH.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
+    let out = f();
+    (out, HIGH.load(Ordering::Relaxed) as u64)
+}
 
 fn config(model: &str, seq_len: usize) -> Qwen3Config {
     let max_pos = seq_len.max(40960);
@@ -106,7 +164,7 @@ fn main() {
     // What `agentcpt model info` and `recipe --dry-run` predict for this step, printed
     // beside the measured peak (on GPUs the peak RSS is host memory and not comparable).
     let compute_bytes = if dtype == FloatDType::F32 { 4 } else { 2 };
-    let predicted = training_memory(
+    let estimate = training_memory(
         &config,
         seq,
         1,
@@ -116,10 +174,28 @@ fn main() {
             loss_chunk,
             attention_block: block,
         },
-    )
-    .total();
+    );
+    let predicted = estimate.total();
     let mut model = Qwen3::random(config, &device);
     let mut optimizer = AdamW::new(serde_json::from_value(json!({ "lr": 1e-4 })).expect("config"));
+    // AdamW's moments exist from the second step on. Allocating them up front (zeros, as the
+    // first step would) makes a single measured step's peak the steady state's, which is
+    // what the estimate predicts. The zeros are written, not calloc'ed, so that their pages
+    // are resident, as real moments' are.
+    let zeros = model
+        .named_tensors()
+        .iter()
+        .flat_map(|p| {
+            let n: usize = p.shape().iter().product();
+            ["exp_avg", "exp_avg_sq"].map(|m| {
+                let written: Vec<f32> = std::iter::repeat_n(0.0, n).collect();
+                (format!("{m}.{}", p.name()), written)
+            })
+        })
+        .collect();
+    optimizer
+        .load_state(0, zeros, &device.clone().without_autodiff())
+        .expect("zero moments");
     let ids: Vec<i64> = (0..seq as i64).map(|i| (i * 7919) % 32000).collect();
     let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, seq]), &device);
     let layout = SequenceLayout::contiguous(1, seq, 0, &device);
@@ -132,18 +208,24 @@ fn main() {
         compute_dtype: dtype,
         attention_block: (block > 0).then_some(block),
     };
+    // Heap peaks of the last step: forward and backward, then the optimizer.
+    let mut peaks = (0, 0);
     let mut step = |model: &mut Qwen3| {
-        let out = model.loss_and_grads(ids.clone(), ids.clone(), &layout, &options);
-        let mut grads = BTreeMap::new();
-        add_gradients(&mut grads, out.grads);
-        let norm = global_norm(&grads.values().map(|(g, _)| g.clone()).collect::<Vec<_>>());
-        apply(
-            model,
-            &mut optimizer,
-            &mut grads,
-            clip_factor(norm, 1.0),
-            1e-4,
-        );
+        let (out, passes) =
+            heap_peak(|| model.loss_and_grads(ids.clone(), ids.clone(), &layout, &options));
+        let ((), update) = heap_peak(|| {
+            let mut grads = BTreeMap::new();
+            add_gradients(&mut grads, out.grads);
+            let norm = global_norm(&grads.values().map(|(g, _)| g.clone()).collect::<Vec<_>>());
+            apply(
+                model,
+                &mut optimizer,
+                &mut grads,
+                clip_factor(norm, 1.0),
+                1e-4,
+            );
+        });
+        peaks = (passes, update);
         out.ce_sum / (seq - 1) as f64
     };
     for _ in 0..warmup {
@@ -176,6 +258,10 @@ fn main() {
             "peak_rss_bytes": peak_rss,
             "predicted_peak_bytes": predicted,
             "predicted_over_measured": peak_rss.map(|m| predicted as f64 / m as f64),
+            "heap_peak_passes_bytes": peaks.0,
+            "predicted_passes_bytes": estimate.passes(),
+            "heap_peak_update_bytes": peaks.1,
+            "predicted_update_bytes": estimate.update(),
             "loss": loss,
         })
     );

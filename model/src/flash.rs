@@ -8,9 +8,13 @@
 //! Causal, grouped-query (query head `h` reads key head `h / (H/K)`, K and V never repeated),
 //! packed documents; scores are `q·kᵀ/√D` in f32 (YaRN's factor is already in q and k).
 //! Inputs are plain tensors without autodiff; [`crate::step`] wires the backward in.
+//!
+//! On the CPU (flex) both passes run in [`crate::flash_cpu`], a fused kernel on host memory;
+//! the tensor-op version here serves the other backends.
 
-use burn::tensor::{Bool, FloatDType, Int, Tensor};
+use burn::tensor::{Bool, DType, Device, FloatDType, Int, Tensor, TensorData};
 
+use crate::flash_cpu;
 use crate::layout::SequenceLayout;
 
 /// Large and negative but finite: a fully masked tile row then weighs exactly 0 once the
@@ -119,9 +123,67 @@ fn grouped_transpose_matmul(a: Tensor<5>, b: Tensor<5>) -> Tensor<4> {
         .matmul(b.reshape([bs, kv, g * bq, d]))
 }
 
+/// Whether the tensors live in host memory (flex, with or without autodiff), where the
+/// fused CPU kernel runs.
+fn on_host(device: &Device) -> bool {
+    *device == Device::flex()
+}
+
+fn host_values<const D: usize>(x: Tensor<D>) -> Vec<f32> {
+    x.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 values")
+}
+
+fn host_dims(q: &Tensor<4>, k: &Tensor<4>) -> flash_cpu::Dims {
+    let [b, h, s, d] = q.dims();
+    flash_cpu::Dims {
+        b,
+        h,
+        kv: k.dims()[1],
+        s,
+        d,
+    }
+}
+
+fn from_host<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(values, shape), (device, DType::F32))
+}
+
 /// # Shapes
 /// - q: `[B, H, S, D]`, k and v: `[B, K, S, D]` → out `[B, H, S, D]`
+///
+/// `block` is the tile of the tensor-op version; the CPU kernel tiles at
+/// [`flash_cpu::TILE`].
 pub fn forward(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    layout: &SequenceLayout,
+    block: usize,
+) -> FlashOutput {
+    let device = q.device();
+    if !on_host(&device) {
+        return tiled_forward(q, k, v, layout, block);
+    }
+    let dims = host_dims(&q, &k);
+    let (out, lse) = flash_cpu::forward(
+        &host_values(q),
+        &host_values(k),
+        &host_values(v),
+        dims,
+        &layout.starts,
+    );
+    let (b, kv, s) = (dims.b, dims.kv, dims.s);
+    FlashOutput {
+        out: from_host(out, [b, dims.h, s, dims.d], &device),
+        lse: from_host(lse, [b, kv, dims.h / kv, s, 1], &device),
+    }
+}
+
+/// [`forward`] in tensor ops, tiles of `block` positions.
+pub fn tiled_forward(
     q: Tensor<4>,
     k: Tensor<4>,
     v: Tensor<4>,
@@ -188,6 +250,40 @@ pub fn forward(
 /// # Shapes
 /// - q, dout: `[B, H, S, D]`, k and v: `[B, K, S, D]` → `[B, H, S, D]`, `[B, K, S, D]` ×2
 pub fn backward(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    forward: &FlashOutput,
+    dout: Tensor<4>,
+    layout: &SequenceLayout,
+    block: usize,
+) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+    let device = q.device();
+    if !on_host(&device) {
+        return tiled_backward(q, k, v, forward, dout, layout, block);
+    }
+    let dims = host_dims(&q, &k);
+    let (dq, dk, dv) = flash_cpu::backward(
+        &host_values(q),
+        &host_values(k),
+        &host_values(v),
+        &host_values(forward.out.clone()),
+        &host_values(forward.lse.clone()),
+        &host_values(dout),
+        dims,
+        &layout.starts,
+        flash_cpu::backward_parts(&dims),
+    );
+    let kv_shape = [dims.b, dims.kv, dims.s, dims.d];
+    (
+        from_host(dq, [dims.b, dims.h, dims.s, dims.d], &device),
+        from_host(dk, kv_shape, &device),
+        from_host(dv, kv_shape, &device),
+    )
+}
+
+/// [`backward`] in tensor ops, tiles of `block` positions.
+pub fn tiled_backward(
     q: Tensor<4>,
     k: Tensor<4>,
     v: Tensor<4>,
@@ -263,18 +359,17 @@ mod tests {
         crate::model::tests::assert_close(what, &values(ours), &values(reference), 1e-5);
     }
 
-    /// Output and q/k/v gradients equal those of the materialising attention (autodiff),
-    /// causal and packed, with grouped queries, for block sizes that do and do not divide S.
-    #[test]
-    fn blockwise_attention_matches_the_materialising_one() {
+    /// Checks blockwise attention (the tensor-op version at each of `blocks`, and the CPU
+    /// kernel) against the materialising one with autodiff: output and q/k/v gradients,
+    /// causal and packed, with grouped queries.
+    fn check_against_materialising(s: usize, packed: [Vec<usize>; 2], blocks: &[usize]) {
         let device = Device::flex().autodiff();
-        let (b, h, kv, s, d) = (2, 4, 2, 11, 8);
+        let (b, h, kv, d) = (2, 4, 2, 8);
         let layouts = [
             ("causal", SequenceLayout::contiguous(b, s, 0, &device)),
             (
                 "packed",
-                SequenceLayout::from_document_lengths(&[vec![4, 7], vec![2, 6, 3]], s, &device)
-                    .unwrap(),
+                SequenceLayout::from_document_lengths(&packed, s, &device).unwrap(),
             ),
         ];
         for (name, layout) in &layouts {
@@ -296,15 +391,12 @@ mod tests {
                 &layout.attention_mask(0),
             );
             let grads = reference.clone().mul(dout.clone()).sum().backward();
-            for block in [3, 4, 16] {
-                let what = format!("{name}, block {block}");
-                let fwd = forward(q.clone(), k.clone(), v.clone(), layout, block);
-                close(
-                    &format!("{what}: out"),
-                    fwd.out.clone(),
-                    reference.clone().detach(),
-                );
-                let (dq, dk, dv) = backward(
+            let mut runs: Vec<(String, FlashOutput, (Tensor<4>, Tensor<4>, Tensor<4>))> =
+                Vec::new();
+            let (q, k, v) = (&q, &k, &v);
+            for &block in blocks {
+                let fwd = tiled_forward(q.clone(), k.clone(), v.clone(), layout, block);
+                let grads = tiled_backward(
                     q.clone(),
                     k.clone(),
                     v.clone(),
@@ -313,10 +405,38 @@ mod tests {
                     layout,
                     block,
                 );
+                runs.push((format!("{name}, tensor ops, block {block}"), fwd, grads));
+            }
+            let fwd = forward(q.clone(), k.clone(), v.clone(), layout, 0);
+            let grads_host = backward(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                &fwd,
+                dout.clone(),
+                layout,
+                0,
+            );
+            runs.push((format!("{name}, CPU kernel"), fwd, grads_host));
+            for (what, fwd, (dq, dk, dv)) in runs {
+                close(&format!("{what}: out"), fwd.out, reference.clone().detach());
                 close(&format!("{what}: dq"), dq, qt.grad(&grads).unwrap());
                 close(&format!("{what}: dk"), dk, kt.grad(&grads).unwrap());
                 close(&format!("{what}: dv"), dv, vt.grad(&grads).unwrap());
             }
         }
+    }
+
+    /// Block sizes that do and do not divide S.
+    #[test]
+    fn blockwise_attention_matches_the_materialising_one() {
+        check_against_materialising(11, [vec![4, 7], vec![2, 6, 3]], &[3, 4, 16]);
+    }
+
+    /// Longer than the CPU kernel's tile, with documents and rows that end inside tiles.
+    #[test]
+    fn blockwise_attention_matches_over_many_tiles() {
+        let s = 2 * flash_cpu::TILE + 22;
+        check_against_materialising(s, [vec![70, s - 70], vec![10, 100, s - 110]], &[48]);
     }
 }

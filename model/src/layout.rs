@@ -15,6 +15,9 @@ pub struct SequenceLayout {
     /// For every index t, the first index any row lets t attend to (the start of t's
     /// document, minimised over rows): blockwise attention skips the key blocks before it.
     pub earliest_key: Vec<usize>,
+    /// `[B × S]`: the first index of each token's document in its row (keys `starts[t]..=t`
+    /// are the ones token t sees).
+    pub starts: Vec<usize>,
 }
 
 impl SequenceLayout {
@@ -95,6 +98,7 @@ impl SequenceLayout {
         let max_position = positions.iter().copied().max().unwrap_or(0) as usize;
         let [rows, len] = shape;
         let mut earliest_key: Vec<usize> = (0..len).collect();
+        let mut starts = Vec::with_capacity(rows * len);
         for row in documents.chunks(len.max(1)).take(rows) {
             let mut start = 0;
             for t in 0..len {
@@ -102,6 +106,7 @@ impl SequenceLayout {
                     start = t;
                 }
                 earliest_key[t] = earliest_key[t].min(start);
+                starts.push(start);
             }
         }
         Self {
@@ -109,6 +114,7 @@ impl SequenceLayout {
             documents: Tensor::from_data(TensorData::new(documents, shape), device),
             max_position,
             earliest_key,
+            starts,
         }
     }
 

@@ -6,6 +6,7 @@ pub mod attention;
 pub mod config;
 pub mod error;
 pub mod flash;
+pub mod flash_cpu;
 pub mod generate;
 pub mod info;
 pub mod layout;

@@ -64,6 +64,34 @@ impl DecoderLayer {
         self.feed_forward(x)
     }
 
+    /// [`Self::forward_with`] with the feed-forward block run `chunk` positions at a time (it
+    /// is token-local), so that its intermediates (per chosen expert, each token's input and
+    /// hidden activations) exist for one chunk only; 0 runs the whole sequence. The router
+    /// stats' rows come chunk by chunk. For forwards that record nothing: under autodiff the
+    /// graph would keep every chunk's intermediates anyway.
+    ///
+    /// # Shapes
+    /// - x: `[B, S, hidden]` → `[B, S, hidden]`
+    pub fn forward_chunked(
+        &self,
+        x: Tensor<3>,
+        chunk: usize,
+        attention: impl FnOnce(Tensor<3>) -> Tensor<3>,
+    ) -> (Tensor<3>, Option<RouterStats>) {
+        let x = x.clone().add(attention(self.input_layernorm.forward(x)));
+        let s = x.dims()[1];
+        if chunk == 0 || chunk >= s {
+            return self.feed_forward(x);
+        }
+        let (mut ys, mut stats) = (Vec::new(), Vec::new());
+        for start in (0..s).step_by(chunk) {
+            let (y, st) = self.feed_forward(x.clone().narrow(1, start, chunk.min(s - start)));
+            ys.push(y);
+            stats.extend(st);
+        }
+        (Tensor::cat(ys, 1), RouterStats::concat(stats))
+    }
+
     /// The block after attention: norm, MLP or MoE, residual. Token by token, so it can run
     /// on any slice of the sequence.
     ///
@@ -421,7 +449,7 @@ impl Qwen3 {
         layout: &SequenceLayout,
         caches: Option<&mut [KvCache]>,
     ) -> (Tensor<3>, Vec<RouterStats>) {
-        let (x, router) = self.hidden(input_ids, layout, caches, None);
+        let (x, router) = self.hidden(input_ids, layout, caches, None, 0);
         (self.head(x), router)
     }
 
@@ -443,7 +471,7 @@ impl Qwen3 {
         chunk: usize,
         attention_block: Option<usize>,
     ) -> Tensor<2> {
-        let (x, _) = self.hidden(input_ids, layout, None, attention_block);
+        let (x, _) = self.hidden(input_ids, layout, None, attention_block, chunk);
         let [b, s, _] = x.dims();
         let targets = shifted_targets(labels);
         let chunk = chunk.max(1);
@@ -463,13 +491,15 @@ impl Qwen3 {
     }
 
     /// The embeddings through every decoder layer, before the final norm; attention is
-    /// blockwise with `attention_block` (and without caches).
+    /// blockwise with `attention_block` (and without caches), the feed-forward blocks then
+    /// run `ff_chunk` positions at a time.
     fn hidden(
         &self,
         input_ids: Tensor<2, Int>,
         layout: &SequenceLayout,
         mut caches: Option<&mut [KvCache]>,
         attention_block: Option<usize>,
+        ff_chunk: usize,
     ) -> (Tensor<3>, Vec<RouterStats>) {
         let [b, s] = input_ids.dims();
         let hidden = self.config.hidden_size;
@@ -491,7 +521,7 @@ impl Qwen3 {
         if let (Some(block), None) = (attention_block, &caches) {
             let dtype = float_dtype(x.dtype());
             for layer in &self.layers {
-                let (y, stats) = layer.forward_with(x, |h| {
+                let (y, stats) = layer.forward_chunked(x, ff_chunk, |h| {
                     let (q, k, v) = layer.self_attn.qkv(h, &rope);
                     let out = crate::flash::forward(q, k, v, layout, block).out;
                     layer.self_attn.output(out.cast(dtype))

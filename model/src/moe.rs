@@ -31,6 +31,31 @@ pub struct RouterStats {
     pub host_counts: Vec<i64>,
 }
 
+impl RouterStats {
+    /// The stats of consecutive parts of one layer's tokens as one: rows in the parts'
+    /// order, counts summed. `None` for no parts.
+    pub fn concat(parts: Vec<RouterStats>) -> Option<RouterStats> {
+        let mut host_counts = parts.first()?.host_counts.clone();
+        for part in &parts[1..] {
+            host_counts
+                .iter_mut()
+                .zip(&part.host_counts)
+                .for_each(|(a, b)| *a += b);
+        }
+        let counts = parts
+            .iter()
+            .map(|p| p.counts.clone())
+            .reduce(|a, b| a.add(b))?;
+        let (logits, probs) = parts.into_iter().map(|p| (p.logits, p.probs)).unzip();
+        Some(RouterStats {
+            logits: Tensor::cat(logits, 0),
+            probs: Tensor::cat(probs, 0),
+            counts,
+            host_counts,
+        })
+    }
+}
+
 impl SparseMoe {
     /// Tokens are grouped by expert on the device (one-hot, cumsum, scatter), so the host never
     /// loops over tokens; its only sync is reading the `[E]` expert counts to slice the groups.

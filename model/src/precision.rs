@@ -12,7 +12,12 @@ struct Cast {
 impl ModuleMapper for Cast {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let value = param.val();
-        let value = if self.detach { value.detach() } else { value };
+        // `detach` alone keeps a leaf's `require_grad`: every op on the copy would still be
+        // recorded, and the graph would keep the activations alive.
+        let value = match self.detach {
+            true => value.detach().set_require_grad(false),
+            false => value,
+        };
         let value = if value.dtype() == self.dtype.into() {
             value
         } else {
@@ -39,4 +44,30 @@ pub fn frozen_copy<M: Module>(module: &M, dtype: FloatDType) -> M {
         dtype,
         detach: true,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::norm::RmsNorm;
+    use burn::tensor::Device;
+
+    /// The frozen copy's parameters are plain values (nothing recorded, nothing kept alive);
+    /// the compute copy's still lead back to the trainable parameters.
+    #[test]
+    fn frozen_copies_are_cut_from_the_graph() {
+        let device = Device::flex().autodiff();
+        let norm = RmsNorm::new(Param::from_tensor(Tensor::ones([4], &device)), 1e-6);
+        for dtype in [FloatDType::F32, FloatDType::BF16] {
+            let frozen = frozen_copy(&norm, dtype);
+            assert!(!frozen.weight.val().is_require_grad(), "{dtype:?}");
+            let x = Tensor::<2>::ones([2, 4], &device)
+                .cast(dtype)
+                .require_grad();
+            let grads = frozen.forward(x.clone()).sum().backward();
+            assert!(norm.weight.grad(&grads).is_none(), "{dtype:?}");
+            let computed = compute_copy(&norm, dtype).forward(x).sum().backward();
+            assert!(norm.weight.grad(&computed).is_some(), "{dtype:?}");
+        }
+    }
 }

@@ -123,7 +123,7 @@ impl Qwen3 {
         let hidden = self.config.hidden_size;
         let embed = |weight: Tensor<2>| weight.select(0, ids.clone()).reshape([b, s, hidden]);
         // Rows first, then the cast: the vocabulary table itself is never copied.
-        let x0 = embed(self.embed_tokens.val().detach()).cast(dtype);
+        let x0 = embed(self.embed_tokens.val().detach().set_require_grad(false)).cast(dtype);
         let (inv_freq, attention_factor) = self
             .config
             .rope_scaling
@@ -137,7 +137,9 @@ impl Qwen3 {
         let layer_forward =
             |layer: &DecoderLayer, x: Tensor<3>| match (&mask, options.attention_block) {
                 (Some(mask), _) => layer.forward(x, &rope, mask, None),
-                (None, Some(block)) => layer.forward_with(x, |h| {
+                // Pass 1 and the recomputations record nothing, so the feed-forward block can
+                // run a chunk of positions at a time there.
+                (None, Some(block)) => layer.forward_chunked(x, options.loss_chunk, |h| {
                     let (q, k, v) = layer.self_attn.qkv(h, &rope);
                     let out = flash::forward(q.detach(), k.detach(), v.detach(), layout, block).out;
                     layer.self_attn.output(out.cast(dtype))

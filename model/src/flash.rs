@@ -55,7 +55,7 @@ fn shapes(q: &Tensor<4>, k: &Tensor<4>) -> Shapes {
 /// The key blocks query block `qi` needs: from the block of the earliest key any of its
 /// queries may see, up to its own (causality).
 fn key_blocks(layout: &SequenceLayout, qi: usize, block: usize) -> std::ops::Range<usize> {
-    layout.earliest_key[qi * block] / block..qi + 1
+    layout.earliest_key(qi * block) / block..qi + 1
 }
 
 /// True where query `qs + i` may not see key `ks + j`: later, or in another document.
@@ -183,7 +183,7 @@ pub fn forward(
 }
 
 /// [`forward`] in tensor ops, tiles of `block` positions.
-pub fn tiled_forward(
+fn tiled_forward(
     q: Tensor<4>,
     k: Tensor<4>,
     v: Tensor<4>,
@@ -283,7 +283,7 @@ pub fn backward(
 }
 
 /// [`backward`] in tensor ops, tiles of `block` positions.
-pub fn tiled_backward(
+fn tiled_backward(
     q: Tensor<4>,
     k: Tensor<4>,
     v: Tensor<4>,

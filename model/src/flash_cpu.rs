@@ -251,6 +251,7 @@ pub fn forward(
             let mut l = vec![0.0f32; rows];
             let mut acc = vec![0.0f32; rows * d];
             let mut scores = vec![0.0f32; rows * TILE];
+            let mut shift = vec![0.0f32; rows];
             for kj in key_blocks(&dims, starts, b, qi) {
                 let ks = kj * TILE;
                 let bk = TILE.min(dims.s - ks);
@@ -264,7 +265,6 @@ pub fn forward(
                     false,
                 );
                 // Online softmax: the new running maximum, the old sums rescaled to it.
-                let mut shift = vec![0.0f32; rows];
                 for (r, row) in scores.chunks(bk).enumerate() {
                     let t = qs + r % bq;
                     let (lo, hi) = visible(t, row_starts[t], ks, bk);

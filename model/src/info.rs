@@ -139,9 +139,10 @@ impl MemoryEstimate {
         self.weights + self.gradients + self.optimizer
     }
 
-    /// The step's peak: the larger phase plus the process's own memory.
+    /// The step's peak: the passes (which hold everything the update does, and more) plus
+    /// the process's own memory.
     pub fn total(&self) -> u64 {
-        self.passes().max(self.update()) + self.baseline
+        self.passes() + self.baseline
     }
 }
 

@@ -12,9 +12,6 @@ pub struct SequenceLayout {
     pub documents: Tensor<2, Int>,
     /// Largest position in the batch (bounds the rope tables and the config check).
     pub max_position: usize,
-    /// For every index t, the first index any row lets t attend to (the start of t's
-    /// document, minimised over rows): blockwise attention skips the key blocks before it.
-    pub earliest_key: Vec<usize>,
     /// `[B × S]`: the first index of each token's document in its row (keys `starts[t]..=t`
     /// are the ones token t sees).
     pub starts: Vec<usize>,
@@ -97,7 +94,6 @@ impl SequenceLayout {
     fn build(positions: Vec<i64>, documents: Vec<i64>, shape: [usize; 2], device: &Device) -> Self {
         let max_position = positions.iter().copied().max().unwrap_or(0) as usize;
         let [rows, len] = shape;
-        let mut earliest_key: Vec<usize> = (0..len).collect();
         let mut starts = Vec::with_capacity(rows * len);
         for row in documents.chunks(len.max(1)).take(rows) {
             let mut start = 0;
@@ -105,7 +101,6 @@ impl SequenceLayout {
                 if t > 0 && row[t] != row[t - 1] {
                     start = t;
                 }
-                earliest_key[t] = earliest_key[t].min(start);
                 starts.push(start);
             }
         }
@@ -113,9 +108,21 @@ impl SequenceLayout {
             positions: Tensor::from_data(TensorData::new(positions, shape), device),
             documents: Tensor::from_data(TensorData::new(documents, shape), device),
             max_position,
-            earliest_key,
             starts,
         }
+    }
+
+    /// The first index any row lets index `t` attend to (the start of t's document,
+    /// minimised over rows): blockwise attention skips the key blocks before it.
+    pub fn earliest_key(&self, t: usize) -> usize {
+        let len = self.dims()[1];
+        self.starts
+            .iter()
+            .skip(t)
+            .step_by(len.max(1))
+            .copied()
+            .min()
+            .unwrap_or(t)
     }
 
     pub fn dims(&self) -> [usize; 2] {

@@ -47,45 +47,34 @@ impl DecoderLayer {
         mask: &Tensor<4, burn::tensor::Bool>,
         cache: Option<&mut KvCache>,
     ) -> (Tensor<3>, Option<RouterStats>) {
-        self.forward_with(x, |h| self.self_attn.forward(h, rope, mask, cache))
+        self.forward_with(x, 0, |h| self.self_attn.forward(h, rope, mask, cache))
     }
 
     /// [`Self::forward`] with the attention block given: `attention` maps the normed input
-    /// to the attention output (how [`crate::step`] swaps in blockwise attention).
+    /// to the attention output (how [`crate::step`] swaps in blockwise attention). The
+    /// feed-forward block runs `ff_chunk` positions at a time (it is token-local), so that its
+    /// intermediates (per chosen expert, each token's input and hidden activations) exist for
+    /// one chunk only; 0 runs the whole sequence at once. Chunks only save memory in forwards
+    /// that record nothing: under autodiff the graph keeps every chunk's intermediates. The
+    /// router stats' rows come chunk by chunk.
     ///
     /// # Shapes
     /// - x: `[B, S, hidden]` → `[B, S, hidden]`
     pub fn forward_with(
         &self,
         x: Tensor<3>,
-        attention: impl FnOnce(Tensor<3>) -> Tensor<3>,
-    ) -> (Tensor<3>, Option<RouterStats>) {
-        let x = x.clone().add(attention(self.input_layernorm.forward(x)));
-        self.feed_forward(x)
-    }
-
-    /// [`Self::forward_with`] with the feed-forward block run `chunk` positions at a time (it
-    /// is token-local), so that its intermediates (per chosen expert, each token's input and
-    /// hidden activations) exist for one chunk only; 0 runs the whole sequence. The router
-    /// stats' rows come chunk by chunk. For forwards that record nothing: under autodiff the
-    /// graph would keep every chunk's intermediates anyway.
-    ///
-    /// # Shapes
-    /// - x: `[B, S, hidden]` → `[B, S, hidden]`
-    pub fn forward_chunked(
-        &self,
-        x: Tensor<3>,
-        chunk: usize,
+        ff_chunk: usize,
         attention: impl FnOnce(Tensor<3>) -> Tensor<3>,
     ) -> (Tensor<3>, Option<RouterStats>) {
         let x = x.clone().add(attention(self.input_layernorm.forward(x)));
         let s = x.dims()[1];
-        if chunk == 0 || chunk >= s {
+        if ff_chunk == 0 || ff_chunk >= s {
             return self.feed_forward(x);
         }
         let (mut ys, mut stats) = (Vec::new(), Vec::new());
-        for start in (0..s).step_by(chunk) {
-            let (y, st) = self.feed_forward(x.clone().narrow(1, start, chunk.min(s - start)));
+        for start in (0..s).step_by(ff_chunk) {
+            let len = ff_chunk.min(s - start);
+            let (y, st) = self.feed_forward(x.clone().narrow(1, start, len));
             ys.push(y);
             stats.extend(st);
         }
@@ -521,7 +510,7 @@ impl Qwen3 {
         if let (Some(block), None) = (attention_block, &caches) {
             let dtype = float_dtype(x.dtype());
             for layer in &self.layers {
-                let (y, stats) = layer.forward_chunked(x, ff_chunk, |h| {
+                let (y, stats) = layer.forward_with(x, ff_chunk, |h| {
                     let (q, k, v) = layer.self_attn.qkv(h, &rope);
                     let out = crate::flash::forward(q, k, v, layout, block).out;
                     layer.self_attn.output(out.cast(dtype))

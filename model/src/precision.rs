@@ -52,8 +52,9 @@ mod tests {
     use crate::norm::RmsNorm;
     use burn::tensor::Device;
 
-    /// The frozen copy's parameters are plain values (nothing recorded, nothing kept alive);
-    /// the compute copy's still lead back to the trainable parameters.
+    /// The frozen copy's parameters are plain values, so a forward on them records nothing and
+    /// keeps nothing alive (`detach` alone leaves a parameter requiring grad); the compute
+    /// copy's still lead back to the trainable parameters.
     #[test]
     fn frozen_copies_are_cut_from_the_graph() {
         let device = Device::flex().autodiff();
@@ -61,11 +62,7 @@ mod tests {
         for dtype in [FloatDType::F32, FloatDType::BF16] {
             let frozen = frozen_copy(&norm, dtype);
             assert!(!frozen.weight.val().is_require_grad(), "{dtype:?}");
-            let x = Tensor::<2>::ones([2, 4], &device)
-                .cast(dtype)
-                .require_grad();
-            let grads = frozen.forward(x.clone()).sum().backward();
-            assert!(norm.weight.grad(&grads).is_none(), "{dtype:?}");
+            let x = Tensor::<2>::ones([2, 4], &device).cast(dtype);
             let computed = compute_copy(&norm, dtype).forward(x).sum().backward();
             assert!(norm.weight.grad(&computed).is_some(), "{dtype:?}");
         }

@@ -139,7 +139,7 @@ impl Qwen3 {
                 (Some(mask), _) => layer.forward(x, &rope, mask, None),
                 // Pass 1 and the recomputations record nothing, so the feed-forward block can
                 // run a chunk of positions at a time there.
-                (None, Some(block)) => layer.forward_chunked(x, options.loss_chunk, |h| {
+                (None, Some(block)) => layer.forward_with(x, options.loss_chunk, |h| {
                     let (q, k, v) = layer.self_attn.qkv(h, &rope);
                     let out = flash::forward(q.detach(), k.detach(), v.detach(), layout, block).out;
                     layer.self_attn.output(out.cast(dtype))

@@ -9,12 +9,16 @@
 //! packed documents; scores are `q·kᵀ/√D` in f32 (YaRN's factor is already in q and k).
 //! Inputs are plain tensors without autodiff; [`crate::step`] wires the backward in.
 //!
-//! On the CPU (flex) both passes run in [`crate::flash_cpu`], a fused kernel on host memory;
-//! the tensor-op version here serves the other backends.
+//! Both passes run as fused kernels: on the CPU (flex) in [`crate::flash_cpu`], on host
+//! memory; on wgpu and CUDA in `flash_cube` (CubeCL, built with the `cube` feature). The
+//! tensor-op version here is the GPU fallback for head dimensions the CubeCL kernels do not
+//! take (over 256).
 
 use burn::tensor::{Bool, DType, Device, FloatDType, Int, Tensor, TensorData};
 
 use crate::flash_cpu;
+#[cfg(feature = "cube")]
+use crate::flash_cube;
 use crate::layout::SequenceLayout;
 
 /// Large and negative but finite: a fully masked tile row then weighs exactly 0 once the
@@ -154,8 +158,7 @@ fn from_host<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Devic
 /// # Shapes
 /// - q: `[B, H, S, D]`, k and v: `[B, K, S, D]` → out `[B, H, S, D]`
 ///
-/// `block` is the tile of the tensor-op version; the CPU kernel tiles at
-/// [`flash_cpu::TILE`].
+/// `block` is the tile of the tensor-op version; the kernels pick their own.
 pub fn forward(
     q: Tensor<4>,
     k: Tensor<4>,
@@ -165,6 +168,10 @@ pub fn forward(
 ) -> FlashOutput {
     let device = q.device();
     if !on_host(&device) {
+        #[cfg(feature = "cube")]
+        if flash_cube::supports(q.dims()[3]) {
+            return flash_cube::forward(q, k, v, layout);
+        }
         return tiled_forward(q, k, v, layout, block);
     }
     let dims = host_dims(&q, &k);
@@ -260,6 +267,10 @@ pub fn backward(
 ) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
     let device = q.device();
     if !on_host(&device) {
+        #[cfg(feature = "cube")]
+        if flash_cube::supports(q.dims()[3]) {
+            return flash_cube::backward(q, k, v, forward, dout, layout);
+        }
         return tiled_backward(q, k, v, forward, dout, layout, block);
     }
     let dims = host_dims(&q, &k);

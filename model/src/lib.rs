@@ -7,6 +7,8 @@ pub mod config;
 pub mod error;
 pub mod flash;
 pub mod flash_cpu;
+#[cfg(feature = "cube")]
+pub mod flash_cube;
 pub mod generate;
 pub mod info;
 pub mod layout;

@@ -11,8 +11,8 @@
 //!
 //! Both passes run as fused kernels: on the CPU (flex) in [`crate::flash_cpu`], on host
 //! memory; on wgpu and CUDA in `flash_cube` (CubeCL, built with the `cube` feature). The
-//! tensor-op version here is the GPU fallback for head dimensions the CubeCL kernels do not
-//! take (over 256).
+//! tensor-op version here is the GPU fallback for shapes the CubeCL kernels do not take
+//! (head dimensions over 256, tensors of 2³² elements or more).
 
 use burn::tensor::{Bool, DType, Device, FloatDType, Int, Tensor, TensorData};
 
@@ -169,7 +169,7 @@ pub fn forward(
     let device = q.device();
     if !on_host(&device) {
         #[cfg(feature = "cube")]
-        if flash_cube::supports(q.dims()[3]) {
+        if flash_cube::supports(q.dims(), k.dims()[1]) {
             return flash_cube::forward(q, k, v, layout);
         }
         return tiled_forward(q, k, v, layout, block);
@@ -268,7 +268,7 @@ pub fn backward(
     let device = q.device();
     if !on_host(&device) {
         #[cfg(feature = "cube")]
-        if flash_cube::supports(q.dims()[3]) {
+        if flash_cube::supports(q.dims(), k.dims()[1]) {
             return flash_cube::backward(q, k, v, forward, dout, layout);
         }
         return tiled_backward(q, k, v, forward, dout, layout, block);

@@ -32,15 +32,20 @@ use crate::layout::SequenceLayout;
 /// registers.
 pub const MAX_HEAD_DIM: usize = 256;
 
-/// Positions per tile (and units per cube): two `[tile, D]` f32 tiles fill 16 KiB of shared
-/// memory, which every Vulkan device offers.
+/// Positions per tile (and units per cube): two `[tile, D]` f32 tiles take 16 KiB of shared
+/// memory (the dK/dV kernel adds 12 bytes a position for per-query statistics), within what
+/// desktop GPUs and lavapipe offer.
 fn tile_for(head_dim: usize) -> usize {
     (2048 / head_dim).clamp(8, 64)
 }
 
-/// Whether the kernels take these shapes.
-pub fn supports(head_dim: usize) -> bool {
-    (1..=MAX_HEAD_DIM).contains(&head_dim)
+/// Whether the kernels take attention over q `[B, H, S, D]` with `kv` key heads: a head
+/// dimension up to [`MAX_HEAD_DIM`], and every tensor under 2³² elements (the kernels index
+/// with 32-bit integers).
+pub fn supports(q: [usize; 4], kv: usize) -> bool {
+    let [b, h, s, d] = q;
+    let largest = (b * h.max(2 * kv) * s * d) as u64;
+    (1..=MAX_HEAD_DIM).contains(&d) && largest > 0 && largest < 1 << 32
 }
 
 mod kernels {
@@ -58,8 +63,10 @@ mod kernels {
     }
 
     /// Copies rows `first..first + tile` of the `[rows, dim]` matrix at element `base` of
-    /// `src` into a shared tile (rows past the end are left alone). The cube's `tile` units
-    /// read consecutive elements, so that the loads coalesce.
+    /// `src` into a shared tile, zeros for rows past the end (shared memory starts with
+    /// whatever an earlier kernel left, and a masked key's zero weight times a NaN left there
+    /// would still be NaN). The cube's `tile` units read consecutive elements, so that the
+    /// loads coalesce.
     #[cube]
     fn load_tile(
         src: &Tensor<f32>,
@@ -75,6 +82,8 @@ mod kernels {
         while e < tile * dim {
             if first + e / dim < rows {
                 shared[e] = src[start + e];
+            } else {
+                shared[e] = 0.0;
             }
             e += tile;
         }
@@ -389,7 +398,8 @@ fn backward_meta(
     )
 }
 
-/// The attention kernels as backend operations (f32 inputs, contiguous or not).
+/// The attention kernels as backend operations: f32 tensors (the wrappers below cast) and
+/// i32 document starts, contiguous or not, shapes that [`supports`] takes.
 #[backend_extension(Cube, Fusion)]
 pub trait FlashKernels: Backend {
     /// q `[B, H, S, D]`, k and v `[B, K, S, D]`, starts `[B, S]` → out `[B, H, S, D]`, lse

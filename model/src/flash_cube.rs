@@ -36,7 +36,7 @@ pub const MAX_HEAD_DIM: usize = 256;
 /// memory (the dK/dV kernel adds 12 bytes a position for per-query statistics), within what
 /// desktop GPUs and lavapipe offer.
 fn tile_for(head_dim: usize) -> usize {
-    (2048 / head_dim).clamp(8, 64)
+    (2048 / head_dim).min(64)
 }
 
 /// Whether the kernels take attention over q `[B, H, S, D]` with `kv` key heads: a head

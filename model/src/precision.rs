@@ -12,12 +12,7 @@ struct Cast {
 impl ModuleMapper for Cast {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let value = param.val();
-        // `detach` alone keeps a leaf's `require_grad`: every op on the copy would still be
-        // recorded, and the graph would keep the activations alive.
-        let value = match self.detach {
-            true => value.detach().set_require_grad(false),
-            false => value,
-        };
+        let value = if self.detach { frozen(value) } else { value };
         let value = if value.dtype() == self.dtype.into() {
             value
         } else {
@@ -25,6 +20,13 @@ impl ModuleMapper for Cast {
         };
         Param::initialized(param.id, value)
     }
+}
+
+/// `value` cut from the graph, so that ops on it record nothing. `detach` alone keeps a
+/// parameter's `require_grad`: every op on the copy would still be recorded, and the graph
+/// would keep the activations alive.
+pub fn frozen<const D: usize>(value: Tensor<D>) -> Tensor<D> {
+    value.detach().set_require_grad(false)
 }
 
 /// `module` with every float parameter cast to `dtype`. Under autodiff the casts are part of

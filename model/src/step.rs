@@ -20,7 +20,7 @@ use crate::flash;
 use crate::loss::{log_sum_exp, shifted_targets, token_cross_entropy};
 use crate::model::{DecoderLayer, Qwen3};
 use crate::moe::RouterStats;
-use crate::precision::{compute_copy, frozen_copy};
+use crate::precision::{compute_copy, frozen, frozen_copy};
 use crate::rope::{float_dtype, RopeTables};
 use crate::weights::NamedTensor;
 use crate::SequenceLayout;
@@ -123,7 +123,7 @@ impl Qwen3 {
         let hidden = self.config.hidden_size;
         let embed = |weight: Tensor<2>| weight.select(0, ids.clone()).reshape([b, s, hidden]);
         // Rows first, then the cast: the vocabulary table itself is never copied.
-        let x0 = embed(self.embed_tokens.val().detach().set_require_grad(false)).cast(dtype);
+        let x0 = embed(frozen(self.embed_tokens.val())).cast(dtype);
         let (inv_freq, attention_factor) = self
             .config
             .rope_scaling

@@ -78,7 +78,7 @@ pub struct StepMemoryOptions {
 /// flex in f32 with `benches/long_context.rs` (small MoE, heap peak of the forward and
 /// backward passes): from 32K to 128K tokens the peak grows by 44.8 KB per token, of which
 /// 8.2 KB are the saved layer inputs and 23.5 KB the activations counted here (× 1.49,
-/// rounded up). Shorter sequences come out over-predicted (by 12% at 16K); the bench prints
+/// rounded up). Shorter sequences come out over-predicted (by 13% at 16K); the bench prints
 /// prediction and measurement side by side.
 pub const BACKWARD_WORKING_FACTOR: f64 = 1.5;
 
